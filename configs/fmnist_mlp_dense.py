@@ -1,0 +1,14 @@
+"""Dense MLP 784-1024-1024-10 on Fashion-MNIST.
+
+  python train.py --config configs/fmnist_mlp_dense.py --workdir runs/fmnist_mlp_dense
+
+Measured (2 CPU cores): RESULT_PENDING
+"""
+
+from configs import common
+from experiment.config import parse_arg
+
+
+def get_config(arg: str | None = None):
+  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=8)
+  return common.smoke(c) if "smoke" in parse_arg(arg) else c

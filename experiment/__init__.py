@@ -1,0 +1,2 @@
+"""What every run needs beside the model and the method: config checks,
+checkpoints, metrics, plots and evaluation."""

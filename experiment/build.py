@@ -1,0 +1,69 @@
+"""Everything a run is built from, by config: data, model, optimizer, mesh.
+
+train.py and eval.py build through here, so both see the same model. All of it
+is checked (`check`) before anything is compiled or written to a workdir.
+"""
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+import data
+import models
+from experiment.config import ConfigError, check as check_fields
+
+OPTIMIZERS = {"adamw", "sgd"}
+SCHEDULES = {"cosine", "constant"}
+WANDB_MODES = {"online", "offline", "disabled"}
+INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  check_fields(config, known={
+      "dataset.name": list(data.DATASETS), "model.name": list(models.MODELS),
+      "layers.type": list(models.LAYER_TYPES), "optimizer.name": list(OPTIMIZERS),
+      "optimizer.schedule": list(SCHEDULES), "wandb.mode": list(WANDB_MODES)})
+
+
+def datasets(config: ml_collections.ConfigDict):
+  """(train, test) random-access sources; prepares the TFDS dataset on first use."""
+  load = data.DATASETS[config.dataset.name]
+  kwargs = dict(data_dir=config.dataset.data_dir or None, idx_dir=config.dataset.idx_dir or None)
+  return load("train", **kwargs), load("test", **kwargs)
+
+
+def model(config: ml_collections.ConfigDict) -> nnx.Module:
+  try:
+    return models.build(config.model, config.layers, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, seed=config.seed)
+  except TypeError as e:  # A keyword the model or layer does not take.
+    raise ConfigError(f"config.model / config.layers has a field the model does not take: {e}") from e
+
+
+def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+  o = config.optimizer
+  if o.schedule == "constant":
+    return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else optax.constant_schedule(o.learning_rate)
+  return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1), config.num_steps)
+
+
+def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o, lr = config.optimizer, learning_rate(config)
+  tx = optax.adamw(lr, weight_decay=o.weight_decay) if o.name == "adamw" else optax.sgd(lr, momentum=0.9)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
+
+
+def batch_placer(mesh: jax.sharding.Mesh):
+  """Turns this process's numpy batch into a global array sharded over `data`."""
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  return lambda batch: {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

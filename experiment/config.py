@@ -1,0 +1,78 @@
+"""Config handling shared by train.py and eval.py: the command line, checks
+that run before anything is compiled or written, and the saved config."""
+
+import json
+import os
+import pathlib
+import sys
+
+import jax
+import ml_collections
+from absl import flags
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message names the field and the fix."""
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a user error is one line on stderr, not a traceback.
+
+  Pass as `app.run(main, flags_parser=parse_flags)`.
+  """
+  for i, arg in enumerate(argv):  # A missing config file is otherwise only reported when first read.
+    path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+      sys.exit(f"error: --config {path}: no such file; pass one of {sorted(str(p) for p in pathlib.Path('configs').glob('*.py'))}")
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a field that does not exist.
+    field = str(e).strip("\"'")
+    overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    named = next((o for o in overrides if field in o.split(".")), field)
+    sys.exit(f"error: --{named}: no such config field; check the spelling against the config file")
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  """`--config file.py:smoke,method=mdgf,n=1` -> {"smoke": "", "method": "mdgf", "n": "1"}."""
+  if not arg:
+    return {}
+  return dict((kv.split("=", 1) + [""])[:2] for kv in arg.split(","))
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field} {message}")
+
+
+def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> None:
+  """Raises ConfigError for the first bad field. `known` maps a field to its
+  allowed values (datasets, models, layer types are registered elsewhere)."""
+  for field, allowed in known.items():
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    _require(value in allowed, field, f"={value!r} is unknown; choose one of {sorted(allowed)}")
+  for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size"):
+    _require(isinstance(config[field], int) and config[field] > 0, field,
+             f"={config[field]!r} must be a positive integer; set --config.{field}=<n>")
+  _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
+           f"={config.optimizer.learning_rate!r} must be positive; set --config.optimizer.learning_rate=1e-3")
+  devices = jax.device_count()
+  _require(config.batch_size % devices == 0, "batch_size",
+           f"={config.batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
+  _require(config.eval_batch_size % devices == 0, "eval_batch_size",
+           f"={config.eval_batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
+
+
+def save(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def load(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise ConfigError(f"{path} does not exist; is --workdir the folder of a train.py run?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -1,0 +1,64 @@
+"""The one metrics writer: console, `<workdir>/metrics.jsonl` (the source of
+truth) and wandb. Metric names are flat paths such as `train/loss`."""
+
+import json
+import math
+import pathlib
+
+import tqdm
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: pathlib.Path, config, *, resume_step: int, enabled: bool = True):
+    self.path, self.enabled, self.run = workdir / "metrics.jsonl", enabled, None
+    if not enabled:
+      return
+    if self.path.exists():  # Drop rows a killed run logged after its last checkpoint.
+      rows = [r for r in read(self.path) if r["step"] <= resume_step]
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if config.wandb.mode != "disabled":
+      import wandb  # Imported only when used: it takes a few seconds.
+      self.run = wandb.init(project=config.wandb.project, name=config.wandb.name or workdir.name, dir=workdir,
+                            mode=config.wandb.mode, config=config.to_dict(), id=_wandb_id(workdir), resume="allow")
+
+  def write(self, step: int, metrics: dict[str, float], *, console: bool = True) -> None:
+    if not self.enabled:
+      return
+    row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.run is not None:
+      self.run.log(metrics, step=step)
+    if console:
+      tqdm.tqdm.write(f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items())))
+
+  def close(self) -> None:
+    if self.run is not None:
+      self.run.finish(quiet=True)
+
+
+def read(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wandb_id(workdir: pathlib.Path) -> str:
+  """A run id kept in the workdir, so a resumed run continues the same wandb run."""
+  path = workdir / "wandb_id"
+  if not path.exists():
+    import wandb
+    path.write_text(wandb.util.generate_id())
+  return path.read_text().strip()
+
+
+def _fmt(v: float) -> str:
+  return f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) and abs(v) < 1e6 else str(v)
+
+
+def table(rows: list[dict[str, object]]) -> str:
+  """A Markdown table of rows with the same keys."""
+  keys = list(rows[0])
+  cells = [[_fmt(r[k]) if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+  widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+  line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+  return "\n".join([line(keys), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])

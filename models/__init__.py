@@ -1,0 +1,18 @@
+"""Models built from the layer factory."""
+
+from flax import nnx
+
+from models.cnn import CNN
+from models.layers import LAYER_TYPES, LayerFactory
+from models.mlp import MLP
+from models.vit import ViT
+
+MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT}
+
+
+def build(model_config, layers_config, *, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nnx.Module:
+  """Model from `config.model` (`name` + its keyword arguments) and `config.layers`."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  layers = LayerFactory(**dict(layers_config))
+  return MODELS[name](layers, input_shape=input_shape, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
