@@ -7,7 +7,6 @@
 from it and reproduces the uninterrupted run bit for bit (same machine).
 """
 
-import functools
 import math
 import pathlib
 import sys
@@ -25,26 +24,42 @@ from ml_collections import config_flags
 import data
 from experiment import build, evaluation, metrics, plots
 from experiment import config as config_lib
+from experiment import method as method_lib
 from experiment.checkpoint import Checkpoints
+from lowrank import deploy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
-def train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, state: tuple[nnx.State, nnx.State], batch: dict):
-  model, optimizer = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
+def make_train_step(method: method_lib.Method, model_def: nnx.GraphDef, opt_def: nnx.GraphDef, seed: int,
+                    replicated: NamedSharding):
+  """One jitted step: (model state, optimizer state), batch, step -> new states, metrics."""
 
-  def loss_fn(model):
-    logits = model(batch["image"])  # (b, classes)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+  def train_step(state: tuple[nnx.State, nnx.State], batch: dict, step: jax.Array):
+    model, optimizer = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
+    key = jax.random.fold_in(jax.random.key(seed), step)
 
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-  optimizer.update(model, grads)
-  step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-                  "train/grad_norm": optax.global_norm(grads)}
-  return (nnx.state(model), nnx.state(optimizer)), step_metrics
+    def forward(model, soft_targets):
+      logits = model(batch["image"])  # (b, classes)
+      if soft_targets is None:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+      return optax.softmax_cross_entropy(logits, soft_targets).mean(), logits
+
+    def loss_fn(model):
+      loss, logits, extra = method.loss(model, key, forward)
+      return loss, (logits, extra)
+
+    (loss, (logits, extra)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+                    "train/grad_norm": optax.global_norm(grads),
+                    "train/param_norm": optax.global_norm(nnx.state(model, nnx.Param)), **extra}
+    return (nnx.state(model), nnx.state(optimizer)), step_metrics
+
+  # Outputs keep the inputs' sharding, so the next call hits the same compilation.
+  return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
 
 
 def main(argv) -> None:
@@ -56,19 +71,26 @@ def main(argv) -> None:
     build.check(config)
     train_source, test_source = build.datasets(config)
     model = build.model(config)
+    method = method_lib.build(config)
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
-  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   mesh = build.data_mesh()
   put = build.batch_placer(mesh)
-  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  state = jax.device_put((model_state, opt_state), NamedSharding(mesh, PartitionSpec()))
+  replicated = NamedSharding(mesh, PartitionSpec())
 
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   batches = data.train_iterator(train_source, config.batch_size, config.seed,
                                 process_index=jax.process_index(), process_count=jax.process_count())
   start = checkpoints.latest_step() or 0
+  warmup = build.dense_warmup_steps(config)
+  if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
+    model, method = build.model(config, dense=True), method_lib.Method()
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  if start:
+    method.restore(model, optimizer, checkpoints.restore_method(start))  # Shapes first (e.g. kept ranks).
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  state = jax.device_put((model_state, opt_state), replicated)
   if start:
     state, data_state = checkpoints.restore(start, state)
     batches.set_state(data_state)
@@ -77,51 +99,79 @@ def main(argv) -> None:
     config_lib.save(config, workdir)
   is_main = jax.process_index() == 0
   writer = metrics.MetricsWriter(workdir, config, resume_step=start, enabled=is_main)
-  num_params = build.count_params(model)
   if start == 0:
-    writer.write(0, {"params/total": num_params}, console=False)
+    writer.write(0, {"params/total": build.count_params(model)}, console=False)
   eval_batches = lambda: data.eval_batches(test_source, config.eval_batch_size, config.dataset.eval_limit or None)
 
-  def run_eval() -> dict[str, float]:
+  def sync_model():
     nnx.update(model, state[0])
-    return {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put).items()}
+    nnx.update(optimizer, state[1])
 
+  train_step = make_train_step(method, model_def, opt_def, config.seed, replicated)
+  step_flops = None  # Of the compiled step at the current shapes; re-measured after a shape change.
   schedule = build.learning_rate(config)
   window: list[dict] = []
   bar = tqdm.tqdm(initial=start, total=config.num_steps, desc=workdir.name, dynamic_ncols=True,
                   disable=not is_main, mininterval=1 if sys.stderr.isatty() else 30)
   for step in range(start + 1, config.num_steps + 1):  # `step` = optimizer updates done after this one.
-    state, step_metrics = train_step(model_def, opt_def, state, put(next(batches)))
+    batch = put(next(batches))
+    if step_flops is None:
+      step_flops = _flops(train_step, state, batch, step)
+    state, step_metrics = train_step(state, batch, jnp.int32(step))
     step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
     if not all(map(math.isfinite, step_metrics.values())):
       bad = ", ".join(f"{k}={v}" for k, v in step_metrics.items() if not math.isfinite(v))
+      bar.close()
       writer.close()
       sys.exit(f"error: non-finite {bad} at step {step}; stopped without saving. The last good checkpoint "
                f"(step {checkpoints.latest_step()}) is intact in {workdir}; lower --config.optimizer.learning_rate")
     window.append(step_metrics)
     bar.update()
     if step % config.log_every == 0 or step == config.num_steps:
+      sync_model()
       logged = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-      logged["train/learning_rate"] = float(schedule(step - 1))
+      logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
+                 "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
+                 **method.metrics(model)}
       if step % config.eval_every == 0 or step == config.num_steps:
-        logged |= run_eval()
+        logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
-      bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}")
+      bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []
+    if step < config.num_steps:
+      sync_model()
+      if step == warmup:  # End of the dense warm-up: switch to the SVD factors, fresh moments.
+        model, method = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES), method_lib.build(config)
+        optimizer = build.optimizer_at(model, config, step)
+        (model_def, _), (opt_def, _) = nnx.split(model), nnx.split(optimizer)
+        train_step = make_train_step(method, model_def, opt_def, config.seed, replicated)
+      if step == warmup or method.host_update(step, model, optimizer):  # New shapes: one recompilation.
+        state = jax.device_put((nnx.state(model), nnx.state(optimizer)), replicated)
+        step_flops = None
     if step % config.checkpoint_every == 0 or step == config.num_steps:
-      checkpoints.save(step, state, batches.get_state())
+      sync_model()
+      checkpoints.save(step, state, batches.get_state(), method.state(model))
   bar.close()
   writer.close()
 
-  final = metrics.read(workdir / "metrics.jsonl")[-1] if is_main else {}
   if is_main:
+    final = metrics.read(workdir / "metrics.jsonl")[-1]
     plots.training_curves(workdir)
+    plots.ranks(workdir)
     print(metrics.table([{
-        "run": workdir.name, "model": config.model.name, "layers": config.layers.type, "params": num_params,
-        "steps": config.num_steps, "wall time (s)": round(time.time() - started, 1),
+        "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
+        "params": int(final.get("params/effective", build.count_params(model))), "steps": config.num_steps,
+        "wall time (s)": round(time.time() - started, 1),
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
     }]))
-    print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/training.png and checkpoints in {workdir}/checkpoints")
+    print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
+
+
+def _flops(train_step, state, batch, step: int) -> float:
+  """XLA's estimate of the floating-point operations of one train step."""
+  cost = train_step.lower(state, batch, jnp.int32(step)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 if __name__ == "__main__":

@@ -41,3 +41,42 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
   return c
+
+
+def maestro(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], group_lasso: float, shrink_eps: float,
+            sampler: str = "single_layer", shrink_every_epochs: float = 1.0) -> ml_collections.ConfigDict:
+  """Turns a dense config into Maestro: LoD layers everywhere but `keep_dense`."""
+  c.layers = dict(type="lowrank", keep_dense=keep_dense, rank_ratio=1.0, ranks={}, init="spectral")
+  c.lowrank = dict(
+      sampler=sampler,            # single_layer | independent | fixed_ratio | none
+      fixed_ratio=0.25,           # ρ of the fixed_ratio (Pufferfish-style) sampler.
+      group_lasso=group_lasso,    # λ of the hierarchical group lasso.
+      hierarchical=True,          # False: the plain group lasso Σ_i ||d_i|| + ||u_i||.
+      distill=False,              # True: CE(full) + CE(sampled, softmax(full)) instead of CE(sampled).
+      shrink_every=epochs(shrink_every_epochs, c.batch_size),  # 0: never shrink.
+      shrink_eps=shrink_eps,      # Keep components with importance >= this.
+      dense_warmup_steps=0,       # > 0: train dense this long, then switch to the SVD factors.
+  )
+  return c
+
+
+def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> ml_collections.ConfigDict:
+  """`:smoke` and `:key=value` pairs (dotted keys allowed) from the config argument."""
+  for key, value in args.items():
+    if key == "smoke":
+      continue
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = _parse_like(node[leaf], value, key)
+  return smoke(c) if "smoke" in args else c
+
+
+def _parse_like(current, value: str, key: str):
+  """`value` as the type of the field it replaces ("False" is False, not a true string)."""
+  if isinstance(current, bool):
+    if value.lower() not in ("true", "false"):
+      raise ValueError(f"config argument {key}={value!r}: must be true or false")
+    return value.lower() == "true"
+  return type(current)(value) if current is not None else value

@@ -11,4 +11,4 @@ from experiment.config import parse_arg
 
 def get_config(arg: str | None = None):
   c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=8)
-  return common.smoke(c) if "smoke" in parse_arg(arg) else c
+  return common.apply_args(c, parse_arg(arg))

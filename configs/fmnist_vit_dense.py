@@ -1,4 +1,4 @@
-"""Dense ViT (4x4 patches, dim 64, depth 4, 4 heads, MLP 128) on Fashion-MNIST.
+"""Dense ViT (7x7 patches: 16 tokens; dim 64, depth 4, 4 heads, MLP 128) on Fashion-MNIST.
 
   python train.py --config configs/fmnist_vit_dense.py --workdir runs/fmnist_vit_dense
 
@@ -10,5 +10,5 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="vit", patch=4, dim=64, depth=4, num_heads=4, mlp_dim=128), num_epochs=20, learning_rate=2e-3)
-  return common.smoke(c) if "smoke" in parse_arg(arg) else c
+  c = common.base(dict(name="vit", patch=7, dim=64, depth=4, num_heads=4, mlp_dim=128), num_epochs=15, learning_rate=2e-3)
+  return common.apply_args(c, parse_arg(arg))

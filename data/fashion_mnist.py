@@ -19,7 +19,8 @@ MISSING_HELP = ("run `bash scripts/setup.sh` (installs the Debian package datase
 class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
   """Fashion-MNIST (60k train / 10k test, 28x28x1 uint8, 10 classes)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Records kept in the IDX files' order."}
 
   def __init__(self, *, idx_dir: str | None = None, **kwargs):
     self._idx_dir = idx_dir
@@ -32,6 +33,7 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("image", "label"),
+        disable_shuffling=True,  # Record i is IDX example i.
         homepage="https://github.com/zalandoresearch/fashion-mnist",
     )
 

@@ -33,12 +33,13 @@ def train_iterator(source, batch_size: int, seed: int, *, process_index: int = 0
   return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
 
 
-def eval_batches(source, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """The split in order, in fixed-size batches; the last one is padded and
-  carries `mask` (1 for real examples) so every example counts exactly once."""
-  n = len(source) if limit is None else min(limit, len(source))
-  for start in range(0, n, batch_size):
-    ix = list(range(start, min(start + batch_size, n)))
+def eval_batches(source, batch_size: int, limit: int | None = None, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Examples `start`, `start + 1`, ... (`limit` of them, default all) in order,
+  in fixed-size batches; the last one is padded and carries `mask` (1 for real
+  examples) so every example counts exactly once."""
+  end = len(source) if limit is None else min(start + limit, len(source))
+  for first in range(start, end, batch_size):
+    ix = list(range(first, min(first + batch_size, end)))
     batch = _to_arrays(source.__getitems__(ix))
     pad = batch_size - len(ix)
     batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}

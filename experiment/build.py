@@ -5,6 +5,7 @@ is checked (`check`) before anything is compiled or written to a workdir.
 """
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -35,11 +36,15 @@ def datasets(config: ml_collections.ConfigDict):
   return load("train", **kwargs), load("test", **kwargs)
 
 
-def model(config: ml_collections.ConfigDict) -> nnx.Module:
+def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
+  """The configured model; `dense=True`: the same model with every layer dense."""
+  layers = {"type": "dense"} if dense else config.layers
   try:
-    return models.build(config.model, config.layers, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, seed=config.seed)
+    return models.build(config.model, layers, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, seed=config.seed)
   except TypeError as e:  # A keyword the model or layer does not take.
     raise ConfigError(f"config.model / config.layers has a field the model does not take: {e}") from e
+  except ValueError as e:  # Layers name the field in their message.
+    raise ConfigError(str(e)) from e
 
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -55,6 +60,20 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
   return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
 
 
+def dense_warmup_steps(config: ml_collections.ConfigDict) -> int:
+  return config.lowrank.get("dense_warmup_steps", 0) if config.layers.type == "lowrank" else 0
+
+
+def optimizer_at(model: nnx.Module, config: ml_collections.ConfigDict, step: int) -> nnx.Optimizer:
+  """A fresh optimizer for `model` whose step counters (and so its learning-rate
+  schedule) continue from `step`."""
+  opt = nnx.Optimizer(model, optimizer(config), wrt=nnx.Param)
+  flat = [(p, v.replace(jnp.full_like(v[...], step)) if p[-1] in ("count", "step") else v)
+          for p, v in nnx.to_flat_state(nnx.state(opt))]
+  nnx.update(opt, nnx.from_flat_state(flat))
+  return opt
+
+
 def batch_placer(mesh: jax.sharding.Mesh):
   """Turns this process's numpy batch into a global array sharded over `data`."""
   sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -62,7 +81,8 @@ def batch_placer(mesh: jax.sharding.Mesh):
 
 
 def data_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  # Auto axes: XLA propagates shardings (Explicit axes would need one on every reshape).
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def count_params(model: nnx.Module) -> int:

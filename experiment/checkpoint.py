@@ -1,8 +1,10 @@
-"""Step-indexed checkpoints (Orbax): the train state and the input iterator's position."""
+"""Step-indexed checkpoints (Orbax): the train state, the input iterator's
+position and the method's state (JSON)."""
 
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -10,22 +12,29 @@ class Checkpoints:
 
   def __init__(self, workdir: pathlib.Path, keep: int):
     self.manager = ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(), item_names=("state", "data"),
+        (workdir / "checkpoints").absolute(), item_names=("state", "data", "method"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+  def save(self, step: int, state: Any, data_state: dict, method_state: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                                                    method=ocp.args.JsonSave(method_state)))
+
+  def restore_method(self, step: int) -> dict:
+    """The method's JSON state (e.g. kept ranks), which fixes the shapes to restore onto."""
+    return self.manager.restore(step, args=ocp.args.Composite(method=ocp.args.JsonRestore())).method
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-    """Restores onto the shapes, dtypes and shardings of `like`."""
-    abstract = ocp.utils.to_shape_dtype_struct(like)
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+    """The state (onto the shapes, dtypes and shardings of `like`) and the data iterator's state."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)),
                                                                   data=ocp.args.JsonRestore()))
     return restored.state, restored.data
 
   def restore_state(self, step: int, like: Any) -> Any:
-    abstract = ocp.utils.to_shape_dtype_struct(like)
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)))).state
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

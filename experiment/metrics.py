@@ -4,6 +4,7 @@ truth) and wandb. Metric names are flat paths such as `train/loss`."""
 import json
 import math
 import pathlib
+import uuid
 
 import tqdm
 
@@ -35,7 +36,7 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self.run is not None:
-      self.run.finish(quiet=True)
+      self.run.finish()
 
 
 def read(path: pathlib.Path) -> list[dict]:
@@ -46,8 +47,7 @@ def _wandb_id(workdir: pathlib.Path) -> str:
   """A run id kept in the workdir, so a resumed run continues the same wandb run."""
   path = workdir / "wandb_id"
   if not path.exists():
-    import wandb
-    path.write_text(wandb.util.generate_id())
+    path.write_text(uuid.uuid4().hex[:12])
   return path.read_text().strip()
 
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 from flax import nnx
 
+import lowrank
+
 
 def dense_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True, **_) -> nnx.Module:
   return nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
@@ -23,9 +25,10 @@ def dense_conv(in_features: int, out_features: int, kernel_size: int, *, rngs: n
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides, padding=padding, rngs=rngs)
 
 
-# layer type -> (linear builder, conv builder); methods register theirs here.
+# layer type -> (linear builder, conv builder); each method adds its pair here.
 LAYER_TYPES: dict[str, tuple[Callable[..., nnx.Module], Callable[..., nnx.Module]]] = {
     "dense": (dense_linear, dense_conv),
+    "lowrank": (lowrank.linear, lowrank.conv),
 }
 
 
@@ -42,9 +45,9 @@ class LayerFactory:
 
   def linear(self, name: str, in_features: int, out_features: int, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
     make_linear, _ = LAYER_TYPES[self.type_of(name)]
-    return make_linear(in_features, out_features, rngs=rngs, **self.options, **kwargs)
+    return make_linear(in_features, out_features, rngs=rngs, name=name, **self.options, **kwargs)
 
   def conv(self, name: str, in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rngs,
            **kwargs) -> nnx.Module:
     _, make_conv = LAYER_TYPES[self.type_of(name)]
-    return make_conv(in_features, out_features, kernel_size, rngs=rngs, **self.options, **kwargs)
+    return make_conv(in_features, out_features, kernel_size, rngs=rngs, name=name, **self.options, **kwargs)

@@ -1,7 +1,7 @@
 """A small Vision Transformer (pre-LayerNorm, mean-pooled tokens).
 
 Every projection comes from the layer factory and has its own name:
-`patch_embed`, `block{i}.attn.{query,key,value,out}`, `block{i}.mlp.{fc1,fc2}`
+`patch_embed`, `block{i}/attn/{query,key,value,out}`, `block{i}/mlp/{fc1,fc2}`
 and `head`, so low-rank or N:M applies per projection.
 """
 
@@ -17,10 +17,10 @@ class Attention(nnx.Module):
   def __init__(self, layers: LayerFactory, name: str, dim: int, num_heads: int, *, causal: bool = False,
                rngs: nnx.Rngs):
     self.num_heads, self.causal = num_heads, causal
-    self.query = layers.linear(f"{name}.query", dim, dim, rngs=rngs)
-    self.key = layers.linear(f"{name}.key", dim, dim, rngs=rngs)
-    self.value = layers.linear(f"{name}.value", dim, dim, rngs=rngs)
-    self.out = layers.linear(f"{name}.out", dim, dim, rngs=rngs)
+    self.query = layers.linear(f"{name}/query", dim, dim, rngs=rngs)
+    self.key = layers.linear(f"{name}/key", dim, dim, rngs=rngs)
+    self.value = layers.linear(f"{name}/value", dim, dim, rngs=rngs)
+    self.out = layers.linear(f"{name}/out", dim, dim, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, t, d) -> (b, t, d)
     b, t, d = x.shape
@@ -33,8 +33,8 @@ class Attention(nnx.Module):
 class MlpBlock(nnx.Module):
 
   def __init__(self, layers: LayerFactory, name: str, dim: int, hidden: int, *, rngs: nnx.Rngs):
-    self.fc1 = layers.linear(f"{name}.fc1", dim, hidden, rngs=rngs)
-    self.fc2 = layers.linear(f"{name}.fc2", hidden, dim, rngs=rngs)
+    self.fc1 = layers.linear(f"{name}/fc1", dim, hidden, rngs=rngs)
+    self.fc2 = layers.linear(f"{name}/fc2", hidden, dim, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(jax.nn.gelu(self.fc1(x)))
@@ -45,9 +45,9 @@ class Block(nnx.Module):
   def __init__(self, layers: LayerFactory, name: str, dim: int, num_heads: int, mlp_dim: int, *,
                causal: bool = False, rngs: nnx.Rngs):
     self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.attn = Attention(layers, f"{name}.attn", dim, num_heads, causal=causal, rngs=rngs)
+    self.attn = Attention(layers, f"{name}/attn", dim, num_heads, causal=causal, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-    self.mlp = MlpBlock(layers, f"{name}.mlp", dim, mlp_dim, rngs=rngs)
+    self.mlp = MlpBlock(layers, f"{name}/mlp", dim, mlp_dim, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attn(self.norm1(x))

@@ -1,0 +1,146 @@
+"""Restore a run's checkpoint and evaluate it on the test split.
+
+  python eval.py --workdir runs/mlp                       # latest checkpoint (or --step N)
+  python eval.py --workdir runs/maestro --rank_fractions=1,0.5,0.25,0.1 [--svd_of=runs/dense]
+  python eval.py --workdir runs/maestro --macs_budget=0.3 --export=runs/maestro/export
+  python eval.py --exported runs/maestro/export
+
+Low-rank runs: `--rank_fractions` evaluates the model cut to each fraction of
+every layer's rank (exported: sliced, dense where cheaper) and plots accuracy
+against parameters and MACs; `--svd_of` adds post-hoc SVD truncation of a dense
+run at exactly the same per-layer ranks (so the same parameter count);
+`--macs_budget` runs the greedy per-layer rank search to that fraction of the
+model's MACs, scored on a held-out batch; `--export` writes the model (at the
+searched ranks, or as trained) as a standalone folder.
+Prints a table and writes `<workdir>/eval.json` (and `plots/rank_sweep.png`).
+"""
+
+import copy
+import json
+import pathlib
+import sys
+
+import jax
+from absl import app, flags, logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+import data
+from experiment import build, evaluation, metrics, plots
+from experiment import config as config_lib
+from experiment import method as method_lib
+from experiment.checkpoint import Checkpoints
+from lowrank import deploy, maestro
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a train.py run.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_FRACTIONS = flags.DEFINE_list("rank_fractions", [], "Low-rank: evaluate at these fractions of every layer's rank.")
+_SVD_OF = flags.DEFINE_string("svd_of", None, "A dense run to truncate by SVD at the same ranks (baseline).")
+_BUDGET = flags.DEFINE_float("macs_budget", None, "Low-rank: greedy rank search to this fraction of the MACs.")
+_SEARCH_EXAMPLES = flags.DEFINE_integer("search_examples", 1000, "Held-out batch size for --macs_budget.")
+_EXPORT = flags.DEFINE_string("export", None, "Low-rank: write the (searched) model as a standalone folder here.")
+_EXPORTED = flags.DEFINE_string("exported", None, "Evaluate a folder written by --export instead of a run.")
+
+
+def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, object, int]:
+  """The model of `workdir` at checkpoint `step` (latest if None), with its config."""
+  config = config_lib.load(workdir)
+  build.check(config)
+  model = build.model(config)
+  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+  available = sorted(checkpoints.manager.all_steps())
+  step = available[-1] if step is None and available else step
+  if step not in available:
+    raise config_lib.ConfigError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; available steps: {available}")
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  method_lib.build(config).restore(model, optimizer, checkpoints.restore_method(step))
+  like = jax.device_put((nnx.state(model), nnx.state(optimizer)), NamedSharding(mesh, PartitionSpec()))
+  nnx.update(model, checkpoints.restore_state(step, like)[0])
+  return model, config, step
+
+
+def main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  mesh = build.data_mesh()
+  put = build.batch_placer(mesh)
+  shape, classes = build.INPUT_SHAPE, build.NUM_CLASSES
+  try:
+    if _EXPORTED.value:
+      folder = pathlib.Path(_EXPORTED.value)
+      model, config = deploy.load_exported(folder, shape, classes)
+      step, workdir = json.loads((folder / "export.json").read_text())["step"], folder
+    elif _WORKDIR.value:
+      workdir = pathlib.Path(_WORKDIR.value)
+      model, config, step = restore(workdir, _STEP.value, mesh)
+    else:
+      raise config_lib.ConfigError("pass --workdir=<run folder> or --exported=<export folder>")
+    train_source, test_source = build.datasets(config)
+    lowrank_model = bool(maestro.lod_layers(model))
+    if (_FRACTIONS.value or _BUDGET.value or _EXPORT.value) and not lowrank_model:
+      raise config_lib.ConfigError("--rank_fractions/--macs_budget/--export need a low-rank run (config.layers.type=lowrank)")
+    fractions = [float(f) for f in _FRACTIONS.value]
+    if any(not 0 < f <= 1 for f in fractions):
+      raise config_lib.ConfigError(f"--rank_fractions={_FRACTIONS.value}: each must be in (0, 1]")
+    baseline = restore(pathlib.Path(_SVD_OF.value), None, mesh)[0] if _SVD_OF.value else None
+  except (config_lib.ConfigError, data.DataError) as e:
+    sys.exit(f"error: {e}")
+
+  test = lambda m: evaluation.evaluate(m, data.eval_batches(test_source, config.eval_batch_size,
+                                                            config.dataset.eval_limit or None), put)
+  result = test(model)
+  report = {"step": step, "params/total": build.count_params(model), **{f"eval/{k}": v for k, v in result.items()}}
+  rows = [{"run": workdir.name, "step": step, "params": report["params/total"], "test accuracy": result["accuracy"]}]
+  if lowrank_model:
+    report["macs"] = deploy.forward_macs(model, shape)
+    report["ranks"] = maestro.ranks(model)
+
+  if fractions:
+    sweep = deploy.rank_sweep(model, config, fractions, test, shape, classes)
+    if baseline is not None:
+      full_rank = copy.deepcopy(config)  # The maestro run's layers at their starting (full) rank.
+      full_rank.layers.rank_ratio, full_rank.layers.ranks = 1.0, {}
+      svd = deploy.from_dense(baseline, full_rank, shape, classes)
+      for row in sweep:
+        row["svd_accuracy"] = test(deploy.export(svd, config, row["ranks"], shape, classes)[0])["accuracy"]
+    report["rank_sweep"] = sweep
+    plots.rank_sweep(workdir, sweep)
+    rows = [{"rank fraction": r["rank_fraction"], "params": r["params"], "MACs": int(r["macs"]),
+             "test accuracy": r["accuracy"], **({"SVD of dense": r["svd_accuracy"]} if "svd_accuracy" in r else {})}
+            for r in sweep]
+
+  chosen = maestro.ranks(model)
+  if _BUDGET.value:
+    held_out = next(data.eval_batches(train_source, _SEARCH_EXAMPLES.value, None, start=len(train_source) - _SEARCH_EXAMPLES.value))
+    score = lambda m: evaluation.evaluate(m, [held_out], put)["accuracy"]
+    chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score, shape)
+    searched, _ = deploy.export(model, config, chosen, shape, classes)
+    report["greedy_search"] = {"budget": _BUDGET.value, "ranks": chosen, "params": build.count_params(searched),
+                               "macs": deploy.forward_macs(searched, shape), "accuracy": test(searched)["accuracy"]}
+    rows.append({"greedy search": f"≤{_BUDGET.value:g} MACs", "params": report["greedy_search"]["params"],
+                 "MACs": int(report["greedy_search"]["macs"]), "test accuracy": report["greedy_search"]["accuracy"]})
+  if _EXPORT.value:
+    exported, exported_config = deploy.export(model, config, chosen, shape, classes)
+    summary = {"step": step, "ranks": chosen, "params": build.count_params(exported),
+               "macs": deploy.forward_macs(exported, shape), "accuracy": test(exported)["accuracy"]}
+    deploy.save_exported(pathlib.Path(_EXPORT.value), exported, exported_config, summary)
+    report["export"] = {"folder": _EXPORT.value, **summary}
+
+  (workdir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+  for group in _same_keys(rows):
+    print(metrics.table(group))
+  print(f"Wrote {workdir}/eval.json" + (f" and {workdir}/plots/rank_sweep.png" if fractions else ""))
+
+
+def _same_keys(rows: list[dict]) -> list[list[dict]]:
+  groups: list[list[dict]] = []
+  for row in rows:
+    if groups and list(groups[-1][0]) == list(row):
+      groups[-1].append(row)
+    else:
+      groups.append([row])
+  return groups
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)

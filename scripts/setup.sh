@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs whatever is missing, and nothing twice:
+#   1. .venv with the pinned packages (pyproject.toml + requirements.lock);
+#   2. the Fashion-MNIST IDX files: the Debian package dataset-fashion-mnist
+#      (apt-get install as root; apt-get download + dpkg -x into .data/debian
+#      otherwise). If neither works, train.py downloads the upstream files on
+#      first use when online, and otherwise says what to do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stamp=".venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv || { echo "error: 'python3 -m venv' failed; install it (Debian: apt-get install python3-venv) and re-run" >&2; exit 1; }
+  fi
+  echo "Installing the pinned Python packages into .venv (a few minutes, once)..."
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
+has_fmnist() { for f in $files; do [ -f "$1/$f" ] || return 1; done; }
+system_dir=/usr/share/datasets/fashion-mnist
+local_root=.data/debian
+if has_fmnist "$system_dir" || has_fmnist "$local_root$system_dir"; then
+  exit 0
+fi
+echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist, 31 MB)..."
+if [ "$(id -u)" = 0 ] && { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; then
+  exit 0
+fi
+tmp=$(mktemp -d)
+if (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1) && dpkg -x "$tmp"/dataset-fashion-mnist_*.deb "$local_root"; then
+  rm -rf "$tmp"
+  exit 0
+fi
+rm -rf "$tmp"
+echo "warning: could not install the Debian package dataset-fashion-mnist; train.py will download Fashion-MNIST" \
+     "from the upstream site on first use (needs internet), or set --config.dataset.idx_dir to a folder with the IDX files" >&2

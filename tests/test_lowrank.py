@@ -1,0 +1,147 @@
+"""Maestro's pieces: group lasso and importance formulas, LoD layers, samplers, shrinking."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import lowrank
+from lowrank import maestro
+from lowrank.layers import LowRankConv, LowRankLinear
+
+
+def _naive_hgl(down, up):
+  r = down.shape[-1]
+  d = down.reshape(-1, r)
+  return sum(np.sqrt(sum(np.sum(d[:, j] ** 2) for j in range(i, r))) +
+             np.sqrt(sum(np.sum(up[j] ** 2) for j in range(i, r))) for i in range(r))
+
+
+def test_group_lasso_and_importance_match_their_formulas():
+  down, up = np.random.default_rng(0).normal(size=(2, 2, 3, 5)), np.random.default_rng(1).normal(size=(5, 4))
+  np.testing.assert_allclose(lowrank.hierarchical_group_lasso(down, up), _naive_hgl(down, up), rtol=1e-5)
+  d = down.reshape(-1, 5)
+  np.testing.assert_allclose(lowrank.group_lasso(down, up),
+                             np.linalg.norm(d, axis=0).sum() + np.linalg.norm(up, axis=1).sum(), rtol=1e-5)
+  importance = np.asarray(lowrank.rank_importance(down, up))
+  expected = [np.sqrt(np.sum(d[:, i:] ** 2)) * np.sqrt(np.sum(up[i:] ** 2)) for i in range(5)]
+  np.testing.assert_allclose(importance, expected, rtol=1e-5)
+  assert np.all(np.diff(importance) <= 0)  # Non-increasing: what is kept is a prefix.
+
+
+def test_zero_tails_have_finite_gradients():
+  down = jnp.zeros((4, 3)).at[:, 0].set(1.0)
+  up = jnp.zeros((3, 2)).at[0].set(1.0)
+  grads = jax.grad(lambda d, u: lowrank.hierarchical_group_lasso(d, u) + lowrank.rank_importance(d, u).sum(),
+                   argnums=(0, 1))(down, up)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_linear_runs_any_prefix_rank_and_rank_zero_is_the_bias():
+  layer = LowRankLinear(6, 4, rank=4, rngs=nnx.Rngs(0))
+  layer.bias[...] = jnp.arange(4.0)
+  x = jax.random.normal(jax.random.key(1), (2, 3, 6))
+  for k in range(5):
+    maestro.set_active_ranks(layer, {"": k})
+    expected = x @ layer.down[...][:, :k] @ layer.up[...][:k] + layer.bias[...]
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+  maestro.set_active_ranks(layer, {"": 0})
+  np.testing.assert_array_equal(layer(x), jnp.broadcast_to(jnp.arange(4.0), (2, 3, 4)))
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [(1, "SAME", 1), (2, "VALID", 1), (1, "SAME", 2)])
+def test_conv_factors_compose_to_a_dense_conv(strides, padding, dilation):
+  conv = LowRankConv(3, 8, 3, rank=8, rngs=nnx.Rngs(0), strides=strides, padding=padding, dilation=dilation)
+  conv.bias[...] = jnp.ones(8)
+  x = jax.random.normal(jax.random.key(2), (2, 9, 9, 3))
+  kernel = jnp.einsum("hwir,ro->hwio", conv.down[...], conv.up[...])
+  dense = jax.lax.conv_general_dilated(x, kernel, (strides,) * 2, padding, rhs_dilation=(dilation,) * 2,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + 1.0
+  np.testing.assert_allclose(conv(x), dense, rtol=1e-4, atol=1e-5)
+  maestro.set_active_ranks(conv, {"": 0})
+  np.testing.assert_array_equal(conv(x), jnp.ones(dense.shape))  # Rank 0: bias, with the conv's output shape.
+
+
+def test_conv_groups_are_rejected():
+  with pytest.raises(ValueError, match="groups"):
+    LowRankConv(4, 4, 3, rank=2, rngs=nnx.Rngs(0), groups=2)
+
+
+def test_spectral_init_at_full_rank_is_the_dense_init():
+  layer = LowRankLinear(7, 5, rank=5, rngs=nnx.Rngs(3), init="spectral")
+  kernel = nnx.initializers.lecun_normal()(nnx.Rngs(3).params(), (7, 5))
+  np.testing.assert_allclose(layer.down[...] @ layer.up[...], kernel, atol=1e-5)
+
+
+def test_ceil_ratio_is_exact_where_floats_are_off_by_one():
+  assert math.ceil(25 * (7 / 25)) == 8  # The reference's float round trip is off by one here ...
+  assert maestro.ceil_ratio(7 / 25, 25) == 7  # ... and exact here.
+  for r, j in itertools.product(range(1, 100), range(1, 100)):
+    if j <= r:
+      assert maestro.ceil_ratio(j / r, r) == j
+
+
+def test_single_layer_sampler_marginals():
+  current = [2, 6, 4]
+  keys = jax.random.split(jax.random.key(0), 6000)
+  draws = np.asarray(jax.vmap(lambda k: maestro.sample_ranks(k, current, "single_layer"))(keys))
+  truncated = draws < np.asarray(current)
+  assert truncated.sum(axis=1).max() == 1  # Never more than one layer below its rank.
+  # Every (layer, k) pair equally likely: 1/12 each, so P(layer i picked, k < r_i) = (r_i - 1)/12.
+  np.testing.assert_allclose(truncated.mean(axis=0), [(r - 1) / 12 for r in current], atol=0.015)
+  layer1 = draws[:, 1][truncated[:, 1]]
+  np.testing.assert_allclose(np.bincount(layer1, minlength=6)[1:6] / len(layer1), 0.2, atol=0.03)
+
+
+def test_other_samplers():
+  key, current = jax.random.key(1), [3, 10]
+  draws = np.asarray(jax.vmap(lambda k: maestro.sample_ranks(k, current, "independent"))(jax.random.split(key, 500)))
+  assert draws.min() == 1 and list(draws.max(axis=0)) == current
+  np.testing.assert_array_equal(maestro.sample_ranks(key, current, "fixed_ratio", 0.25), [1, 3])
+  np.testing.assert_array_equal(maestro.sample_ranks(key, current, "none"), current)
+
+
+def test_sampled_ranks_never_recompile():
+  model = nnx.Sequential(LowRankLinear(8, 8, rank=8, rngs=nnx.Rngs(0), name="a"),
+                         LowRankLinear(8, 4, rank=4, rngs=nnx.Rngs(1), name="b"))
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, key):
+    m = nnx.merge(graphdef, state)
+    maestro.set_active_ranks(m, maestro.sample_ranks(key, [8, 4], "single_layer"))
+    return m(jnp.ones((1, 8)))
+
+  outputs = {tuple(np.asarray(run(state, jax.random.key(i))).ravel().round(5)) for i in range(40)}
+  assert len(outputs) > 5 and run._cache_size() == 1
+
+
+def test_sliced_model_equals_masked_model_and_optimizer_state_follows():
+  model = nnx.Sequential(LowRankLinear(12, 10, rank=10, rngs=nnx.Rngs(0), name="a"), nnx.relu,
+                         LowRankLinear(10, 6, rank=6, rngs=nnx.Rngs(1), name="b"))
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  x = jax.random.normal(jax.random.key(0), (5, 12))
+  optimizer.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))  # Non-zero moments.
+  keep = {"a": 4, "b": 2}
+  maestro.set_active_ranks(model, keep)
+  masked = model(x)
+  maestro.slice_to(model, keep, optimizer)
+  np.testing.assert_allclose(model(x), masked, atol=1e-5)
+  assert maestro.ranks(model) == keep
+  for path, var in nnx.to_flat_state(nnx.state(optimizer)):
+    if path[-1] in ("down", "up"):
+      layer = model.layers[path[-2]]
+      assert var[...].shape == getattr(layer, path[-1]).shape
+  optimizer.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))  # Training goes on.
+
+
+def test_kept_ranks_threshold_importance():
+  layer = LowRankLinear(6, 6, rank=6, rngs=nnx.Rngs(0), name="a")
+  layer.down[...] = layer.down[...].at[:, 3:].set(0.0)
+  layer.up[...] = layer.up[...].at[3:].set(0.0)
+  assert maestro.kept_ranks(layer, 1e-6) == {"a": 3}

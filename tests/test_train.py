@@ -1,0 +1,90 @@
+"""train.py and eval.py end to end, through their command lines, on the tiny data."""
+
+import json
+import shutil
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiment import metrics
+from tests.conftest import run
+
+SMOKE = "configs/fmnist_mlp_dense.py:smoke"
+
+
+def test_smoke_run_writes_metrics_checkpoints_plots_and_evaluates(tmp_path, tiny_data):
+  workdir = tmp_path / "run"
+  result = run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides=tiny_data)
+  rows = metrics.read(workdir / "metrics.jsonl")
+  assert rows[0] == {"step": 0, "params/total": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10}
+  assert [r["step"] for r in rows[1:]] == [5, 10, 15, 20]
+  assert {"train/loss", "train/accuracy", "train/grad_norm", "train/learning_rate"} <= rows[1].keys()
+  assert all("eval/accuracy" in r for r in rows if r["step"] in (10, 20))
+  assert rows[-1]["eval/accuracy"] > 0.5  # Ten classes, a learnable pattern: well above chance (0.1).
+  assert rows[-1]["compiles/train_step"] == 1  # 20 steps, one compilation.
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20]
+  assert (workdir / "plots" / "training.png").stat().st_size > 0
+  assert json.loads((workdir / "config.json").read_text())["num_steps"] == 20
+  assert "test accuracy" in result.stdout
+
+  run("eval.py", "--workdir", str(workdir))
+  report = json.loads((workdir / "eval.json").read_text())
+  assert report["step"] == 20 and report["eval/accuracy"] == pytest.approx(rows[-1]["eval/accuracy"])
+  run("eval.py", "--workdir", str(workdir), "--step", "10")
+  assert json.loads((workdir / "eval.json").read_text())["eval/accuracy"] == pytest.approx(rows[2]["eval/accuracy"])
+  missing = run("eval.py", "--workdir", str(workdir), "--step", "7", check=False)
+  assert missing.returncode != 0 and "available steps: [10, 20]" in missing.stderr
+
+
+def _params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
+  return restored
+
+
+@pytest.mark.parametrize("config", [SMOKE, "configs/fmnist_cnn_dense.py:smoke"])
+def test_resume_is_bit_identical(tmp_path, tiny_data, config):
+  """A run killed after its step-10 checkpoint and restarted ends exactly where
+  an uninterrupted run ends: same parameters, optimizer state, metrics."""
+  overrides = {**tiny_data, "checkpoint_every": 5, "keep_checkpoints": 10}
+  straight = tmp_path / "straight"
+  run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)
+
+  resumed = tmp_path / "resumed"
+  shutil.copytree(straight, resumed)  # What a kill just after the step-10 checkpoint leaves on disk:
+  for step in (15, 20):
+    shutil.rmtree(resumed / "checkpoints" / str(step))
+  with (resumed / "metrics.jsonl").open("a") as f:  # ... including rows logged after that checkpoint.
+    f.write(json.dumps({"step": 15, "train/loss": 0.0}) + "\n")
+  out = run("train.py", "--config", config, "--workdir", str(resumed), overrides=overrides)
+  assert "Resumed from step 10" in out.stderr
+
+  a, b = _params(straight, 20), _params(resumed, 20)
+  leaves_a, leaves_b = _leaves(a), _leaves(b)
+  assert leaves_a.keys() == leaves_b.keys() and len(leaves_a) > 4
+  for path in leaves_a:
+    np.testing.assert_array_equal(leaves_a[path], leaves_b[path], err_msg=path)
+  assert metrics.read(straight / "metrics.jsonl") == metrics.read(resumed / "metrics.jsonl")
+
+
+def _leaves(tree) -> dict[str, np.ndarray]:
+  import jax
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
+  # Step 1 runs at learning rate 0 (warm-up) and is checkpointed; later steps diverge.
+  overrides = {**tiny_data, "optimizer.name": "sgd", "optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0,
+               "optimizer.warmup_steps": 5, "checkpoint_every": 1}
+  workdir = tmp_path / "run"
+  result = run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides=overrides, check=False)
+  assert result.returncode != 0
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: non-finite") and "at step" in error and "last good checkpoint" in error
+  bad_step = int(error.split("at step ")[1].split(";")[0])
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and max(saved) < bad_step
+  for leaf in _leaves(_params(workdir, max(saved))).values():
+    assert np.all(np.isfinite(leaf))
+  run("eval.py", "--workdir", str(workdir))  # The last good checkpoint still evaluates.
+  assert np.isfinite(json.loads((workdir / "eval.json").read_text())["eval/loss"])
