@@ -40,6 +40,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval_batch_size = 200
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
+  if "lowrank" in c:
+    c.lowrank.shrink_every = 10
   return c
 
 

@@ -56,7 +56,7 @@ class Block(nnx.Module):
 
 class ViT(nnx.Module):
 
-  def __init__(self, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int, patch: int = 4,
+  def __init__(self, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int, patch: int = 7,
                dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_dim: int = 128, rngs: nnx.Rngs):
     h, w, c = input_shape
     if h % patch or w % patch:

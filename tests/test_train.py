@@ -42,11 +42,17 @@ def _params(workdir, step):
   return restored
 
 
-@pytest.mark.parametrize("config", [SMOKE, "configs/fmnist_cnn_dense.py:smoke"])
-def test_resume_is_bit_identical(tmp_path, tiny_data, config):
+MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
+SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at step 5 (and later), before the kill.
+
+
+@pytest.mark.parametrize("config,extra", [(SMOKE, {}), ("configs/fmnist_cnn_dense.py:smoke", {}),
+                                          (MAESTRO_SMOKE, SHRINK)])
+def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
-  an uninterrupted run ends: same parameters, optimizer state, metrics."""
-  overrides = {**tiny_data, "checkpoint_every": 5, "keep_checkpoints": 10}
+  an uninterrupted run ends: same parameters, optimizer state, metrics (and,
+  for Maestro, the ranks kept by a shrink before the kill)."""
+  overrides = {**tiny_data, "checkpoint_every": 5, "keep_checkpoints": 10, **extra}
   straight = tmp_path / "straight"
   run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)
 

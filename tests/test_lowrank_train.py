@@ -1,0 +1,74 @@
+"""Maestro through train.py and eval.py, on the tiny data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiment import metrics
+from tests.conftest import run
+
+MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
+
+
+@pytest.fixture(scope="module")
+def maestro_run(tmp_path_factory, tiny_data):
+  workdir = tmp_path_factory.mktemp("maestro") / "run"
+  run("train.py", "--config", MAESTRO_SMOKE, "--workdir", str(workdir),
+      overrides={**tiny_data, "lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5})
+  return workdir
+
+
+def test_shrinking_really_shrinks_and_recompiles_once_per_event(maestro_run):
+  rows = [r for r in metrics.read(maestro_run / "metrics.jsonl") if "rank/fc1" in r]
+  ranks = [(r["rank/fc1"], r["rank/fc2"]) for r in rows]
+  assert ranks[0] == (784, 1024) and ranks[-1][0] < 784 and ranks[-1][1] < 1024  # head stays dense.
+  assert all(a >= b for a, b in zip(ranks, ranks[1:]))
+  params = [r["params/effective"] for r in rows]
+  flops = [r["flops/train_step"] for r in rows]
+  assert params[-1] < params[0] and flops[-1] < flops[0]
+  assert params[-1] == ranks[-1][0] * (784 + 1024) + 1024 + ranks[-1][1] * 2048 + 1024 + 1024 * 10 + 10
+  shrink_events = len({r for r in ranks}) - 1
+  assert rows[-1]["compiles/train_step"] == 1 + shrink_events
+  assert "lowrank/group_lasso" in rows[-1]
+  assert (maestro_run / "plots" / "ranks.png").stat().st_size > 0
+
+
+def test_rank_sweep_svd_baseline_search_and_export(maestro_run, tmp_path, tiny_data):
+  dense = tmp_path / "dense"
+  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(dense), overrides=tiny_data)
+  export = tmp_path / "export"
+  out = run("eval.py", "--workdir", str(maestro_run), "--rank_fractions=1,0.5,0.1", f"--svd_of={dense}",
+            "--macs_budget=0.3", f"--export={export}")
+  report = json.loads((maestro_run / "eval.json").read_text())
+  sweep = report["rank_sweep"]
+  assert [r["rank_fraction"] for r in sweep] == [1.0, 0.5, 0.1]
+  assert sweep[0]["accuracy"] == pytest.approx(report["eval/accuracy"], abs=1e-6)  # Export at full rank = the model.
+  assert sweep[0]["params"] > sweep[1]["params"] > sweep[2]["params"]
+  assert sweep[0]["macs"] > sweep[1]["macs"] > sweep[2]["macs"]
+  assert all(0 <= r["svd_accuracy"] <= 1 for r in sweep)
+  search = report["greedy_search"]
+  assert search["macs"] <= 0.3 * report["macs"] * 1.01 and search["macs"] < sweep[0]["macs"]
+  assert (maestro_run / "plots" / "rank_sweep.png").stat().st_size > 0
+  assert "SVD of dense" in out.stdout
+
+  # The exported model loads on its own and gives the accuracy reported at export.
+  run("eval.py", f"--exported={export}")
+  standalone = json.loads((export / "eval.json").read_text())
+  assert standalone["eval/accuracy"] == pytest.approx(search["accuracy"], abs=1e-6)
+  assert standalone["params/total"] == search["params"]
+
+
+def test_export_turns_layers_dense_where_that_is_cheaper(tmp_path, maestro_run):
+  from experiment import build
+  from eval import restore
+  from lowrank import deploy, maestro
+  model, config, _ = restore(maestro_run, None, build.data_mesh())
+  current = maestro.ranks(model)
+  chosen = {"fc1": current["fc1"], "fc2": 8}  # fc1 near full rank: cheaper as a dense 784x1024 kernel.
+  exported, exported_config = deploy.export(model, config, chosen, build.INPUT_SHAPE, build.NUM_CLASSES)
+  assert "fc1" in exported_config.layers.keep_dense and dict(exported_config.layers.ranks) == {"fc2": 8}
+  assert exported.hidden[0].kernel.shape == (784, 1024) and exported.hidden[1].down.shape == (1024, 8)
+  x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+  maestro.set_active_ranks(model, chosen)
+  np.testing.assert_allclose(exported(x), model(x), atol=1e-4)
