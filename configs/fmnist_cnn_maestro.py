@@ -1,0 +1,18 @@
+"""Maestro CNN on Fashion-MNIST: conv2 (a 3x3 conv, factored into a 3x3 conv to
+r channels and a 1x1 conv) and fc are LoD layers; conv1 (one input channel)
+and the head stay dense.
+
+  python train.py --config configs/fmnist_cnn_maestro.py --workdir runs/fmnist_cnn_maestro
+  python eval.py --workdir runs/fmnist_cnn_maestro --rank_fractions=1,0.5,0.25 --svd_of=runs/fmnist_cnn_dense
+
+Measured (2 CPU cores): RESULT_PENDING
+"""
+
+from configs import common
+from experiment.config import parse_arg
+
+
+def get_config(arg: str | None = None):
+  c = common.base(dict(name="cnn", channels=(32, 64), hidden=256), num_epochs=10)
+  c = common.maestro(c, keep_dense=("conv1", "head"), group_lasso=1e-4, shrink_eps=1e-3)
+  return common.apply_args(c, parse_arg(arg))
