@@ -111,7 +111,8 @@ def main(argv) -> None:
 
   chosen = maestro.ranks(model)
   if _BUDGET.value:
-    held_out = next(data.eval_batches(train_source, _SEARCH_EXAMPLES.value, None, start=len(train_source) - _SEARCH_EXAMPLES.value))
+    n = min(_SEARCH_EXAMPLES.value, len(train_source))
+    held_out = next(data.eval_batches(train_source, n, None, start=len(train_source) - n))
     score = lambda m: evaluation.evaluate(m, [held_out], put)["accuracy"]
     chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score, shape)
     searched, _ = deploy.export(model, config, chosen, shape, classes)

@@ -123,8 +123,10 @@ def main(argv) -> None:
       bad = ", ".join(f"{k}={v}" for k, v in step_metrics.items() if not math.isfinite(v))
       bar.close()
       writer.close()
-      sys.exit(f"error: non-finite {bad} at step {step}; stopped without saving. The last good checkpoint "
-               f"(step {checkpoints.latest_step()}) is intact in {workdir}; lower --config.optimizer.learning_rate")
+      last = checkpoints.latest_step()
+      kept = f"the last good checkpoint (step {last}) is intact in {workdir}" if last else "no checkpoint was written"
+      sys.exit(f"error: non-finite {bad} at step {step}; stopped without saving, {kept}; "
+               f"lower --config.optimizer.learning_rate")
     window.append(step_metrics)
     bar.update()
     if step % config.log_every == 0 or step == config.num_steps:

@@ -41,7 +41,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
   if "lowrank" in c:
-    c.lowrank.shrink_every = 10
+    c.lowrank.shrink_every = 10 if c.lowrank.shrink_every else 0
+    c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps else 0
   return c
 
 

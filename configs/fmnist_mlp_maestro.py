@@ -1,6 +1,7 @@
 """Maestro MLP 784-1024-1024-10 on Fashion-MNIST: fc1 and fc2 are LoD layers
-(start at full rank, spectral init), trained with single-layer ordered dropout
-and the hierarchical group lasso, shrunk every epoch; the head stays dense.
+(start at full rank, spectral init), trained with single-layer ordered dropout,
+self-distillation from the full-rank pass and the hierarchical group lasso,
+shrunk every epoch; the head stays dense.
 
   python train.py --config configs/fmnist_mlp_maestro.py --workdir runs/fmnist_mlp_maestro
   python eval.py --workdir runs/fmnist_mlp_maestro --rank_fractions=1,0.75,0.5,0.25,0.1 --svd_of=runs/fmnist_mlp_dense
@@ -13,6 +14,7 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=8)
-  c = common.maestro(c, keep_dense=("head",), group_lasso=1e-4, shrink_eps=1e-2)
+  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=12)
+  c = common.maestro(c, keep_dense=("head",), group_lasso=7e-5, shrink_eps=1e-3)
+  c.lowrank.distill = True
   return common.apply_args(c, parse_arg(arg))

@@ -72,3 +72,17 @@ def test_export_turns_layers_dense_where_that_is_cheaper(tmp_path, maestro_run):
   x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
   maestro.set_active_ranks(model, chosen)
   np.testing.assert_allclose(exported(x), model(x), atol=1e-4)
+
+
+def test_dense_warmup_switches_to_truncated_svd_factors(tmp_path, tiny_data):
+  workdir = tmp_path / "pufferfish"
+  run("train.py", "--config", "configs/fmnist_mlp_pufferfish.py:smoke", "--workdir", str(workdir), overrides=tiny_data)
+  rows = metrics.read(workdir / "metrics.jsonl")
+  by_step = {r["step"]: r for r in rows}
+  assert "rank/fc1" not in by_step[5]  # Dense for the 5 warm-up steps ...
+  assert (by_step[10]["rank/fc1"], by_step[10]["rank/fc2"]) == (95, 123)  # ... then ceil(0.12 r) factors.
+  assert by_step[10]["params/effective"] < by_step[5]["params/effective"]
+  # The learning-rate schedule runs on across the switch (a fresh schedule would restart its warm-up at 0).
+  lrs = [by_step[s]["train/learning_rate"] for s in (5, 10, 15, 20)]
+  assert all(a > b for a, b in zip(lrs, lrs[1:]))
+  assert by_step[20]["compiles/train_step"] == 1

@@ -47,7 +47,7 @@ SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at st
 
 
 @pytest.mark.parametrize("config,extra", [(SMOKE, {}), ("configs/fmnist_cnn_dense.py:smoke", {}),
-                                          (MAESTRO_SMOKE, SHRINK)])
+                                          (MAESTRO_SMOKE, SHRINK), ("configs/fmnist_mlp_pufferfish.py:smoke", {})])
 def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
   an uninterrupted run ends: same parameters, optimizer state, metrics (and,
