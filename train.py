@@ -30,7 +30,6 @@ from lowrank import deploy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def make_train_step(method: method_lib.Method, model_def: nnx.GraphDef, opt_def: nnx.GraphDef, seed: int,
@@ -177,4 +176,5 @@ def _flops(train_step, state, batch, step: int) -> float:
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -1,6 +1,6 @@
 """Train-step time of the Maestro MLP before and after shrinking, against dense.
 
-  python benchmarks/lowrank_step_cost.py [--ranks=fc1:150,fc2:66] [--repeats=7] [--steps=20]
+  python benchmarks/lowrank_step_cost.py [--ranks=fc1:149,fc2:53] [--repeats=7] [--steps=20]
 
 All models are timed in this one process on the same batch with the real
 train step of train.py; each number is the median over `repeats` timings of
@@ -29,7 +29,7 @@ from experiment import method as method_lib  # noqa: E402
 from lowrank import maestro  # noqa: E402
 from train import make_train_step  # noqa: E402
 
-_RANKS = flags.DEFINE_string("ranks", "fc1:150,fc2:66", "Ranks after shrinking (default: a trained run's, 22.6% of dense).")
+_RANKS = flags.DEFINE_string("ranks", "fc1:149,fc2:53", "Ranks after shrinking (default: fmnist_mlp_maestro's final ranks).")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timings per model; the median is reported.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per timing.")
 

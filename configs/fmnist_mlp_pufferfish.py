@@ -10,7 +10,8 @@ ends at (fc1: 95, fc2: 123 ranks).
 reading of Pufferfish: full-size factors of which only the first ceil(ρ·r) are
 ever used; it trains the same subnetwork at a higher cost.)
 
-Measured (2 CPU cores): RESULT_PENDING
+Measured (2 CPU cores, seed 0): test accuracy 89.85%, 435,962 parameters (fc1+fc2 at 22.9% of
+dense); 52 s wall.
 """
 
 from configs import common

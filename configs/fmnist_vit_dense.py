@@ -2,7 +2,8 @@
 
   python train.py --config configs/fmnist_vit_dense.py --workdir runs/fmnist_vit_dense
 
-Measured (2 CPU cores): RESULT_PENDING
+Measured (2 CPU cores, seed 0): test accuracy 88.46%, 810 s wall while other runs shared the
+cores (the same model alone: 483 s; with weight decay 1e-4 instead of 0.05 it reached 87.94%).
 """
 
 from configs import common

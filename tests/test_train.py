@@ -70,7 +70,9 @@ def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   assert leaves_a.keys() == leaves_b.keys() and len(leaves_a) > 4
   for path in leaves_a:
     np.testing.assert_array_equal(leaves_a[path], leaves_b[path], err_msg=path)
-  assert metrics.read(straight / "metrics.jsonl") == metrics.read(resumed / "metrics.jsonl")
+  # Every logged value is identical, except the compilation count of the process that logged it.
+  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith("compiles/")} for r in rows]
+  assert per_run(metrics.read(straight / "metrics.jsonl")) == per_run(metrics.read(resumed / "metrics.jsonl"))
 
 
 def _leaves(tree) -> dict[str, np.ndarray]:
