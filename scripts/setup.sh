@@ -33,6 +33,7 @@ if [ "$(id -u)" = 0 ] && { apt-get install -y -q dataset-fashion-mnist >/dev/nul
   exit 0
 fi
 tmp=$(mktemp -d)
+mkdir -p "$local_root"
 if (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1) && dpkg -x "$tmp"/dataset-fashion-mnist_*.deb "$local_root"; then
   rm -rf "$tmp"
   exit 0
