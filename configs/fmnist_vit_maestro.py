@@ -5,7 +5,9 @@ per projection, not per head); the patch embedding and the head stay dense.
   python train.py --config configs/fmnist_vit_maestro.py --workdir runs/fmnist_vit_maestro
   python eval.py --workdir runs/fmnist_vit_maestro --rank_fractions=1,0.5,0.25 --svd_of=runs/fmnist_vit_dense
 
-Measured (2 CPU cores): RESULT_PENDING
+Measured (2 CPU cores, seed 0): test accuracy 87.81% (dense ViT: 88.46%) with 69,898
+parameters (dense: 138,890); final ranks fall with depth (block0 26-38, block3 2-15 of 64);
+1560 s wall while another training run shared the cores.
 """
 
 from configs import common
