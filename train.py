@@ -139,7 +139,7 @@ def main(argv) -> None:
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []
-    if step < config.num_steps:
+    if step < config.num_steps and (step == warmup or method.host_update_due(step)):
       sync_model()
       if step == warmup:  # End of the dense warm-up: switch to the SVD factors, fresh moments.
         model, method = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES), method_lib.build(config)

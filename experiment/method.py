@@ -21,8 +21,12 @@ class Method:
     loss, logits = forward(model, None)
     return loss, logits, {}
 
+  def host_update_due(self, step: int) -> bool:
+    """Whether `host_update` runs after this step (checked every step: keep it cheap)."""
+    return False
+
   def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> bool:
-    """Between steps, outside jit; True if it changed shapes (one recompilation follows)."""
+    """Between steps, outside jit, when due; True if it changed shapes (one recompilation follows)."""
     return False
 
   def state(self, model: nnx.Module) -> dict:

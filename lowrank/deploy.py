@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import models
+from experiment import build
 from lowrank.layers import LowRankConv, LowRankLinear
 from lowrank.maestro import ceil_ratio, lod_layers, ranks, set_active_ranks
 
@@ -36,10 +37,6 @@ def forward_macs(model: nnx.Module, input_shape: tuple[int, ...]) -> float:
   cost = fn.lower(state, jnp.zeros((1, *input_shape))).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) / 2
-
-
-def count_params(model: nnx.Module) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def fraction_ranks(model: nnx.Module, fraction: float) -> dict[str, int]:
@@ -72,12 +69,7 @@ def export(model: nnx.Module, config: ml_collections.ConfigDict, chosen: dict[st
     elif _is_lod(old):  # Back to dense: (kh, kw, in, r) @ (r, out) -> (kh, kw, in, out), or (in, out).
       module.kernel[...] = (old.down[...] @ old.up[...]).reshape(module.kernel.shape)
       module.bias[...] = old.bias[...]
-  # Everything else (norms, embeddings, layers kept dense) is copied unchanged.
-  old_params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  lod_paths = {tuple(p) for p, m in nnx.iter_graph(model) if _is_lod(m)}
-  rest = [(p, v.replace(old_params[p][...])) for p, v in nnx.to_flat_state(nnx.state(new, nnx.Param))
-          if not any(p[:len(q)] == q for q in lod_paths) and p in old_params]
-  nnx.update(new, nnx.from_flat_state(rest))
+  _copy_other_params(model, new)
   return new, config
 
 
@@ -97,12 +89,18 @@ def from_dense(dense: nnx.Module, config: ml_collections.ConfigDict, input_shape
       module.down[...] = (p[:, :r] * jnp.sqrt(s[:r])).reshape(module.down.shape)
       module.up[...] = jnp.sqrt(s[:r])[:, None] * qt[:r]
       module.bias[...] = d.bias[...]
-  lod_paths = {tuple(p) for p, m in nnx.iter_graph(lowrank_model) if _is_lod(m)}
-  dense_params = dict(nnx.to_flat_state(nnx.state(dense, nnx.Param)))
-  rest = [(p, v.replace(dense_params[p][...])) for p, v in nnx.to_flat_state(nnx.state(lowrank_model, nnx.Param))
-          if not any(p[:len(q)] == q for q in lod_paths)]
-  nnx.update(lowrank_model, nnx.from_flat_state(rest))
+  _copy_other_params(dense, lowrank_model)
   return lowrank_model
+
+
+def _copy_other_params(source: nnx.Module, target: nnx.Module) -> None:
+  """Copies every parameter outside the LoD layers of either model (norms,
+  embeddings, layers kept dense) from `source` into `target`, unchanged."""
+  lod_paths = {tuple(p) for m in (source, target) for p, layer in nnx.iter_graph(m) if _is_lod(layer)}
+  params = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
+  rest = [(p, v.replace(params[p][...])) for p, v in nnx.to_flat_state(nnx.state(target, nnx.Param))
+          if p in params and not any(p[:len(q)] == q for q in lod_paths)]
+  nnx.update(target, nnx.from_flat_state(rest))
 
 
 def greedy_rank_search(model: nnx.Module, budget_macs: float, score, input_shape: tuple[int, ...],
@@ -183,7 +181,7 @@ def rank_sweep(model: nnx.Module, config: ml_collections.ConfigDict, fractions: 
     chosen = fraction_ranks(model, f)
     exported, _ = export(model, config, chosen, input_shape, num_classes)
     result = evaluate(exported)
-    rows.append({"rank_fraction": f, "params": count_params(exported), "macs": forward_macs(exported, input_shape),
+    rows.append({"rank_fraction": f, "params": build.count_params(exported), "macs": forward_macs(exported, input_shape),
                  "accuracy": result["accuracy"], "loss": result["loss"], "ranks": chosen})
   return rows
 

@@ -126,9 +126,10 @@ class Maestro(Method):
     extra["lowrank/group_lasso"] = reg
     return loss + self.c.group_lasso * reg, logits, extra
 
+  def host_update_due(self, step: int) -> bool:
+    return bool(self.c.shrink_every) and step % self.c.shrink_every == 0
+
   def host_update(self, step: int, model, optimizer) -> bool:
-    if not self.c.shrink_every or step % self.c.shrink_every:
-      return False
     before, after = ranks(model), kept_ranks(model, self.c.shrink_eps)
     if after == before:
       return False
