@@ -4,6 +4,7 @@
   python eval.py --workdir runs/maestro --rank_fractions=1,0.5,0.25,0.1 [--svd_of=runs/dense]
   python eval.py --workdir runs/maestro --macs_budget=0.3 --export=runs/maestro/export
   python eval.py --exported runs/maestro/export
+  python eval.py --workdir runs/nm --export=runs/nm/export     # N:M: packed values + in-group indices
 
 Low-rank runs: `--rank_fractions` evaluates the model cut to each fraction of
 every layer's rank (exported: sliced, dense where cheaper) and plots accuracy
@@ -12,6 +13,9 @@ run at exactly the same per-layer ranks (so the same parameter count);
 `--macs_budget` runs the greedy per-layer rank search to that fraction of the
 model's MACs, scored on a held-out batch; `--export` writes the model (at the
 searched ranks, or as trained) as a standalone folder.
+N:M runs: evaluation always uses the hard masks; `--export` packs every N:M
+kernel (kept values + uint8 positions in the group) and reports its bytes
+against dense; `--exported` evaluates either kind of export folder.
 Prints a table and writes `<workdir>/eval.json` (and `plots/rank_sweep.png`).
 """
 
@@ -31,6 +35,8 @@ from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment.checkpoint import Checkpoints
 from lowrank import deploy, maestro
+from sparsity import export as nm_export
+from sparsity.training import nm_layers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a train.py run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -38,7 +44,8 @@ _FRACTIONS = flags.DEFINE_list("rank_fractions", [], "Low-rank: evaluate at thes
 _SVD_OF = flags.DEFINE_string("svd_of", None, "A dense run to truncate by SVD at the same ranks (baseline).")
 _BUDGET = flags.DEFINE_float("macs_budget", None, "Low-rank: greedy rank search to this fraction of the MACs.")
 _SEARCH_EXAMPLES = flags.DEFINE_integer("search_examples", 1000, "Held-out batch size for --macs_budget.")
-_EXPORT = flags.DEFINE_string("export", None, "Low-rank: write the (searched) model as a standalone folder here.")
+_EXPORT = flags.DEFINE_string("export", None, "Write the model as a standalone folder here (low-rank: at the searched "
+                               "ranks; N:M: packed).")
 _EXPORTED = flags.DEFINE_string("exported", None, "Evaluate a folder written by --export instead of a run.")
 
 
@@ -53,7 +60,7 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
   if step not in available:
     raise config_lib.ConfigError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; available steps: {available}")
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  method_lib.build(config).restore(model, optimizer, checkpoints.restore_method(step))
+  method_lib.build(config, model).restore(model, optimizer, checkpoints.restore_method(step))
   like = jax.device_put((nnx.state(model), nnx.state(optimizer)), NamedSharding(mesh, PartitionSpec()))
   nnx.update(model, checkpoints.restore_state(step, like)[0])
   return model, config, step
@@ -68,17 +75,23 @@ def main(argv) -> None:
   try:
     if _EXPORTED.value:
       folder = pathlib.Path(_EXPORTED.value)
-      model, config = deploy.load_exported(folder, shape, classes)
-      step, workdir = json.loads((folder / "export.json").read_text())["step"], folder
+      exported = json.loads((folder / "export.json").read_text())
+      load = nm_export.load if exported.get("format") == "nm" else deploy.load_exported
+      model, config = load(folder, shape, classes)
+      step, workdir = exported["step"], folder
     elif _WORKDIR.value:
       workdir = pathlib.Path(_WORKDIR.value)
       model, config, step = restore(workdir, _STEP.value, mesh)
     else:
       raise config_lib.ConfigError("pass --workdir=<run folder> or --exported=<export folder>")
     train_source, test_source = build.datasets(config)
-    lowrank_model = bool(maestro.lod_layers(model))
-    if (_FRACTIONS.value or _BUDGET.value or _EXPORT.value) and not lowrank_model:
-      raise config_lib.ConfigError("--rank_fractions/--macs_budget/--export need a low-rank run (config.layers.type=lowrank)")
+    lowrank_model, nm_model = bool(maestro.lod_layers(model)), bool(nm_layers(model))
+    if (_FRACTIONS.value or _BUDGET.value) and not lowrank_model:
+      raise config_lib.ConfigError("--rank_fractions/--macs_budget need a low-rank run (config.layers.type=lowrank)")
+    if _EXPORT.value and not (lowrank_model or nm_model):
+      raise config_lib.ConfigError("--export needs a low-rank or N:M run (config.layers.type=lowrank or nm)")
+    if _EXPORT.value and nm_model and config.nm.method == "unstructured":
+      raise config_lib.ConfigError("--export packs N:M patterns; config.nm.method='unstructured' has none")
     fractions = [float(f) for f in _FRACTIONS.value]
     if any(not 0 < f <= 1 for f in fractions):
       raise config_lib.ConfigError(f"--rank_fractions={_FRACTIONS.value}: each must be in (0, 1]")
@@ -120,7 +133,14 @@ def main(argv) -> None:
                                "macs": deploy.forward_macs(searched, shape), "accuracy": test(searched)["accuracy"]}
     rows.append({"greedy search": f"≤{_BUDGET.value:g} MACs", "params": report["greedy_search"]["params"],
                  "MACs": int(report["greedy_search"]["macs"]), "test accuracy": report["greedy_search"]["accuracy"]})
-  if _EXPORT.value:
+  if _EXPORT.value and nm_model:
+    summary = nm_export.export(model, config, pathlib.Path(_EXPORT.value), {"step": step, "accuracy": result["accuracy"]})
+    report["export"] = {"folder": _EXPORT.value, **summary}
+    b = summary["bytes"]
+    rows.append({"export": _EXPORT.value, "N:M kernels (bytes)": b["nm_kernels_packed"],
+                 "dense (bytes)": b["nm_kernels_dense"], "ratio": b["nm_kernels_packed"] / b["nm_kernels_dense"],
+                 "model (bytes)": b["model_packed"], "model dense (bytes)": b["model_dense"]})
+  elif _EXPORT.value:
     exported, exported_config = deploy.export(model, config, chosen, shape, classes)
     summary = {"step": step, "ranks": chosen, "params": build.count_params(exported),
                "macs": deploy.forward_macs(exported, shape), "accuracy": test(exported)["accuracy"]}

@@ -14,7 +14,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 import tqdm
 from absl import app, flags, logging
 from flax import nnx
@@ -26,39 +25,11 @@ from experiment import build, evaluation, metrics, plots
 from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment.checkpoint import Checkpoints
+from experiment.step import make_observe_step, make_train_step
 from lowrank import deploy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
-
-
-def make_train_step(method: method_lib.Method, model_def: nnx.GraphDef, opt_def: nnx.GraphDef, seed: int,
-                    replicated: NamedSharding):
-  """One jitted step: (model state, optimizer state), batch, step -> new states, metrics."""
-
-  def train_step(state: tuple[nnx.State, nnx.State], batch: dict, step: jax.Array):
-    model, optimizer = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
-    key = jax.random.fold_in(jax.random.key(seed), step)
-
-    def forward(model, soft_targets):
-      logits = model(batch["image"])  # (b, classes)
-      if soft_targets is None:
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
-      return optax.softmax_cross_entropy(logits, soft_targets).mean(), logits
-
-    def loss_fn(model):
-      loss, logits, extra = method.loss(model, key, forward)
-      return loss, (logits, extra)
-
-    (loss, (logits, extra)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-                    "train/grad_norm": optax.global_norm(grads),
-                    "train/param_norm": optax.global_norm(nnx.state(model, nnx.Param)), **extra}
-    return (nnx.state(model), nnx.state(optimizer)), step_metrics
-
-  # Outputs keep the inputs' sharding, so the next call hits the same compilation.
-  return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
 
 
 def main(argv) -> None:
@@ -70,7 +41,7 @@ def main(argv) -> None:
     build.check(config)
     train_source, test_source = build.datasets(config)
     model = build.model(config)
-    method = method_lib.build(config)
+    method = method_lib.build(config, model)
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
   mesh = build.data_mesh()
@@ -86,12 +57,12 @@ def main(argv) -> None:
   if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
     model, method = build.model(config, dense=True), method_lib.Method()
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  if start:
-    method.restore(model, optimizer, checkpoints.restore_method(start))  # Shapes first (e.g. kept ranks).
+  method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   state = jax.device_put((model_state, opt_state), replicated)
+  window: list[dict] = []  # Per-step metrics since the last log step (their means are logged).
   if start:
-    state, data_state = checkpoints.restore(start, state)
+    state, data_state, window = checkpoints.restore(start, state)
     batches.set_state(data_state)
     print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
   else:
@@ -106,17 +77,20 @@ def main(argv) -> None:
     nnx.update(model, state[0])
     nnx.update(optimizer, state[1])
 
-  train_step = make_train_step(method, model_def, opt_def, config.seed, replicated)
+  train_step = make_train_step(method, config.seed, replicated)
+  observe_step = make_observe_step(method, config.seed, replicated)
   step_flops = None  # Of the compiled step at the current shapes; re-measured after a shape change.
   schedule = build.learning_rate(config)
-  window: list[dict] = []
   bar = tqdm.tqdm(initial=start, total=config.num_steps, desc=workdir.name, dynamic_ncols=True,
                   disable=not is_main, mininterval=1 if sys.stderr.isatty() else 30)
   for step in range(start + 1, config.num_steps + 1):  # `step` = optimizer updates done after this one.
     batch = put(next(batches))
     if step_flops is None:
-      step_flops = _flops(train_step, state, batch, step)
-    state, step_metrics = train_step(state, batch, jnp.int32(step))
+      step_flops = _flops(train_step, model_def, opt_def, state, batch, step)
+    log_step = step % config.log_every == 0 or step == config.num_steps
+    if log_step and method.observes:
+      state = (observe_step(model_def, state[0], batch, jnp.int32(step)), state[1])
+    state, step_metrics = train_step(model_def, opt_def, state, batch, jnp.int32(step))
     step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
     if not all(map(math.isfinite, step_metrics.values())):
       bad = ", ".join(f"{k}={v}" for k, v in step_metrics.items() if not math.isfinite(v))
@@ -128,12 +102,12 @@ def main(argv) -> None:
                f"lower --config.optimizer.learning_rate")
     window.append(step_metrics)
     bar.update()
-    if step % config.log_every == 0 or step == config.num_steps:
+    if log_step:
       sync_model()
       logged = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
-                 **method.metrics(model)}
+                 **method.metrics(step, model)}
       if step % config.eval_every == 0 or step == config.num_steps:
         logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
@@ -142,16 +116,18 @@ def main(argv) -> None:
     if step < config.num_steps and (step == warmup or method.host_update_due(step)):
       sync_model()
       if step == warmup:  # End of the dense warm-up: switch to the SVD factors, fresh moments.
-        model, method = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES), method_lib.build(config)
+        model = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES)
+        method = method_lib.build(config, model)
         optimizer = build.optimizer_at(model, config, step)
-        (model_def, _), (opt_def, _) = nnx.split(model), nnx.split(optimizer)
-        train_step = make_train_step(method, model_def, opt_def, config.seed, replicated)
-      if step == warmup or method.host_update(step, model, optimizer):  # New shapes: one recompilation.
-        state = jax.device_put((nnx.state(model), nnx.state(optimizer)), replicated)
+        train_step = make_train_step(method, config.seed, replicated)
+        observe_step = make_observe_step(method, config.seed, replicated)
+      if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
+        (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+        state = jax.device_put((model_state, opt_state), replicated)
         step_flops = None
     if step % config.checkpoint_every == 0 or step == config.num_steps:
       sync_model()
-      checkpoints.save(step, state, batches.get_state(), method.state(model))
+      checkpoints.save(step, state, batches.get_state(), method.state(step, model), window)
   bar.close()
   writer.close()
 
@@ -159,18 +135,20 @@ def main(argv) -> None:
     final = metrics.read(workdir / "metrics.jsonl")[-1]
     plots.training_curves(workdir)
     plots.ranks(workdir)
+    plots.sparsity(workdir)
     print(metrics.table([{
         "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
         "params": int(final.get("params/effective", build.count_params(model))), "steps": config.num_steps,
+        **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
         "wall time (s)": round(time.time() - started, 1),
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
     }]))
     print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
 
 
-def _flops(train_step, state, batch, step: int) -> float:
+def _flops(train_step, model_def, opt_def, state, batch, step: int) -> float:
   """XLA's estimate of the floating-point operations of one train step."""
-  cost = train_step.lower(state, batch, jnp.int32(step)).cost_analysis()
+  cost = train_step.lower(model_def, opt_def, state, batch, jnp.int32(step)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 

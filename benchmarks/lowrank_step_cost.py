@@ -27,7 +27,7 @@ from configs import fmnist_mlp_maestro  # noqa: E402
 from experiment import build, metrics  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from lowrank import maestro  # noqa: E402
-from train import make_train_step  # noqa: E402
+from experiment.step import make_train_step  # noqa: E402
 
 _RANKS = flags.DEFINE_string("ranks", "fc1:149,fc2:53", "Ranks after shrinking (default: fmnist_mlp_maestro's final ranks).")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timings per model; the median is reported.")
@@ -39,16 +39,16 @@ def time_steps(config, model, batch, mesh) -> float:
   replicated = NamedSharding(mesh, PartitionSpec())
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  method = method_lib.build(config) if maestro.lod_layers(model) else method_lib.Method()
-  step = make_train_step(method, model_def, opt_def, 0, replicated)
+  method = method_lib.build(config, model) if maestro.lod_layers(model) else method_lib.Method()
+  step = make_train_step(method, 0, replicated)
   state = jax.device_put((model_state, opt_state), replicated)
-  state, m = step(state, batch, jnp.int32(0))  # Compile.
+  state, m = step(model_def, opt_def, state, batch, jnp.int32(0))  # Compile.
   jax.block_until_ready(m)
   times = []
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
     for i in range(_STEPS.value):
-      state, m = step(state, batch, jnp.int32(i))
+      state, m = step(model_def, opt_def, state, batch, jnp.int32(i))
     jax.block_until_ready(m)
     times.append((time.perf_counter() - start) / _STEPS.value)
   return statistics.median(times)

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from experiment.config import parse_arg
+
 TRAIN_EXAMPLES = 60_000  # Fashion-MNIST train split.
 
 
@@ -60,6 +62,54 @@ def maestro(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], group_
       shrink_eps=shrink_eps,      # Keep components with importance >= this.
       dense_warmup_steps=0,       # > 0: train dense this long, then switch to the SVD factors.
   )
+  return c
+
+
+def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: int,
+       method: str = "srste") -> ml_collections.ConfigDict:
+  """Turns a dense config into N:M training: N:M layers everywhere but `keep_dense`."""
+  c.layers = dict(type="nm", keep_dense=keep_dense, n=n, m=m,
+                  patterns={})         # {"fnmatch pattern": "n:m"}: per-layer-group N:M (first match wins).
+  c.nm = dict(
+      method=method,        # ste | srste | mdgf | sdgf | unstructured (magnitude, same density, STE)
+      decay="exp",          # mdgf (and sdgf with sdgf_decay): α(t) = exp(-k·t) | linear: max(1 - k·t, 0)
+      decay_coef=2e-3,      # k, per update of the sparse phase.
+      mdgf_grad="ste",      # ste: the paper's backward | autodiff: through the soft mask (ablation)
+      structure="stepwise",  # sdgf: stepwise | geometric | densify
+      sdgf_decay=False,     # sdgf: also decay the mask (MDGF within the frames)
+      srste_decay=2e-4,     # λ_w of SR-STE
+      dense_warmup=0.0,     # Fraction of updates dense before the sparse phase.
+      finetune=0.0,         # Fraction of updates at the end with the binary target mask and STE.
+  )
+  return c
+
+
+NM_ARGS = {"method": "nm.method", "decay": "nm.decay", "k": "nm.decay_coef", "structure": "nm.structure",
+           "n": "layers.n", "m": "layers.m", "warmup": "nm.dense_warmup", "finetune": "nm.finetune"}
+
+
+def nm_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> dict[str, str]:
+  """Short `:key=value` names of N:M configs (`:method=mdgf,decay=exp,n=1,m=8`) as config fields;
+  `method=dense` trains the same model dense. Returns the other arguments."""
+  args = dict(args)
+  if args.get("method") == "dense":
+    args.pop("method")
+    c.layers.type = "dense"
+  return {NM_ARGS.get(k, k): v for k, v in args.items()}
+
+
+def default_decay_coef(c: ml_collections.ConfigDict) -> float:
+  """k for this run's sparse phase of T updates: exp 5/T (α = e^-5 at the end), linear 2/T (α = 0 from mid-phase)."""
+  sparse = c.num_steps * (1 - c.nm.dense_warmup - c.nm.finetune)
+  return (5.0 if c.nm.decay == "exp" else 2.0) / max(sparse, 1)
+
+
+def nm_config(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies an N:M config's `:arg` (short names, `:smoke`); sets k for the final schedule unless `k` is given."""
+  args = parse_arg(arg)
+  c = apply_args(c, nm_args(c, args))
+  if "k" not in args:
+    c.nm.decay_coef = default_decay_coef(c)
   return c
 
 

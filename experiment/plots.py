@@ -46,6 +46,40 @@ def ranks(workdir: pathlib.Path) -> pathlib.Path | None:
   return _save(fig, workdir, "ranks.png")
 
 
+def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
+  """N:M runs: sparsity per layer and in total, α, N and M, the mask flip rate and the
+  gradient norms of pruned vs kept weights, against the step."""
+  rows = metrics.read(workdir / "metrics.jsonl")
+  layers = sorted({k for r in rows for k in r if k.startswith("sparsity/") and k != "sparsity/total"})
+  if not layers:
+    return None
+  fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+  ax = axes[0, 0]
+  for key in layers:
+    ax.plot(*series(rows, key), lw=0.8, alpha=0.6)
+  ax.plot(*series(rows, "sparsity/total"), color="black", lw=2, label="total (all parameters)")
+  ax.set(title="sparsity (thin: each layer)", ylim=(-0.02, 1.02))
+  ax.legend(fontsize=8)
+  axes[0, 1].plot(*series(rows, "nm/alpha"))
+  axes[0, 1].set(title="α (mask decay)", ylim=(-0.02, 1.02))
+  for key in ("nm/n", "nm/m"):
+    axes[0, 2].step(*series(rows, key), where="post", label=key)
+  axes[0, 2].set(title="N:M (first N:M layer)", yscale="log")
+  axes[0, 2].legend(fontsize=8)
+  axes[1, 0].plot(*series(rows, "nm/flip_rate"))
+  axes[1, 0].set(title="mask flip rate since the previous log step", yscale="symlog", ylim=(0, None))
+  for key in ("nm/grad_norm_kept", "nm/grad_norm_pruned"):
+    axes[1, 1].plot(*series(rows, key), label=key.removeprefix("nm/grad_norm_") + " weights")
+  axes[1, 1].set(title="gradient norm", yscale="log")
+  axes[1, 1].legend(fontsize=8)
+  axes[1, 2].plot(*series(rows, "eval/accuracy"), marker="o")
+  axes[1, 2].set(title="test accuracy")
+  for ax in axes.flat:
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  return _save(fig, workdir, "sparsity.png")
+
+
 def rank_sweep(workdir: pathlib.Path, sweep: list[dict]) -> pathlib.Path:
   """Test accuracy against parameters and MACs of the model cut to each rank fraction."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -108,7 +108,7 @@ class Maestro(Method):
     if self.c.sampler not in SAMPLERS:
       raise ConfigError(f"config.lowrank.sampler={self.c.sampler!r} is unknown; choose one of {list(SAMPLERS)}")
 
-  def loss(self, model, key, forward):
+  def loss(self, model, step, key, forward):
     current = list(ranks(model).values())
     sampled = sample_ranks(key, current, self.c.sampler, self.c.fixed_ratio)
     extra = {}
@@ -136,11 +136,11 @@ class Maestro(Method):
     slice_to(model, after, optimizer)
     return True
 
-  def state(self, model) -> dict:
+  def state(self, step, model) -> dict:
     return {"ranks": ranks(model)}
 
   def restore(self, model, optimizer, state: dict) -> None:
-    slice_to(model, state["ranks"], optimizer)
+    slice_to(model, state.get("ranks", {}), optimizer)
 
-  def metrics(self, model) -> dict[str, float]:
+  def metrics(self, step, model) -> dict[str, float]:
     return {f"rank/{name}": r for name, r in ranks(model).items()}

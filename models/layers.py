@@ -14,6 +14,7 @@ from typing import Callable
 from flax import nnx
 
 import lowrank
+import sparsity
 
 
 def dense_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True, **_) -> nnx.Module:
@@ -29,6 +30,7 @@ def dense_conv(in_features: int, out_features: int, kernel_size: int, *, rngs: n
 LAYER_TYPES: dict[str, tuple[Callable[..., nnx.Module], Callable[..., nnx.Module]]] = {
     "dense": (dense_linear, dense_conv),
     "lowrank": (lowrank.linear, lowrank.conv),
+    "nm": (sparsity.linear, sparsity.conv),
 }
 
 

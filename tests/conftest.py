@@ -52,3 +52,25 @@ def run(script: str, *args: str, overrides: dict | None = None, env: dict | None
   if check and result.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result
+
+
+def snapshot(folder: pathlib.Path) -> dict:
+  """Every file under `folder` and its bytes."""
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, field: str) -> None:
+  """A user error: non-zero exit, no traceback, a last line `error: ...` naming `field`."""
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert "Traceback" not in result.stderr, result.stderr
+  assert lines[-1].startswith("error:") and field in lines[-1], lines[-1]
+
+
+@pytest.fixture
+def existing_workdir(tmp_path) -> pathlib.Path:
+  """A workdir holding a previous run's file, which bad input must leave untouched."""
+  workdir = tmp_path / "existing"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("a previous run's files")
+  return workdir

@@ -3,7 +3,7 @@ anything is compiled, and an existing workdir left exactly as it was."""
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import assert_one_line_error, run, snapshot
 
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 
@@ -21,40 +21,21 @@ CASES = {
 }
 
 
-def _snapshot(folder):
-  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _assert_one_line_error(result, field):
-  assert result.returncode != 0
-  lines = result.stderr.strip().splitlines()
-  assert "Traceback" not in result.stderr, result.stderr
-  assert lines[-1].startswith("error:") and field in lines[-1], lines[-1]
-
-
-@pytest.fixture
-def existing_workdir(tmp_path):
-  workdir = tmp_path / "existing"
-  workdir.mkdir()
-  (workdir / "notes.txt").write_text("a previous run's files")
-  return workdir
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_config_value(case, tiny_data, existing_workdir):
   overrides, field = CASES[case]
-  before = _snapshot(existing_workdir)
+  before = snapshot(existing_workdir)
   result = run("train.py", "--config", SMOKE, "--workdir", str(existing_workdir),
                overrides={**tiny_data, **overrides}, check=False)
-  _assert_one_line_error(result, field)
-  assert _snapshot(existing_workdir) == before
+  assert_one_line_error(result, field)
+  assert snapshot(existing_workdir) == before
 
 
 def test_batch_not_divisible_by_devices(tiny_data, existing_workdir):
   result = run("train.py", "--config", SMOKE, "--workdir", str(existing_workdir),
                overrides={**tiny_data, "batch_size": 33},
                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, check=False)
-  _assert_one_line_error(result, "config.batch_size")
+  assert_one_line_error(result, "config.batch_size")
   assert "2 devices" in result.stderr
 
 
@@ -63,15 +44,15 @@ def test_missing_data(tmp_path, existing_workdir):
   result = run("train.py", "--config", SMOKE, "--workdir", str(existing_workdir),
                overrides={"dataset.idx_dir": str(tmp_path / "empty"), "dataset.data_dir": str(tmp_path / "tfds")},
                check=False)
-  _assert_one_line_error(result, "config.dataset.idx_dir")
+  assert_one_line_error(result, "config.dataset.idx_dir")
   assert "scripts/setup.sh" in result.stderr
 
 
 def test_missing_config_file(existing_workdir):
   result = run("train.py", "--config", "configs/nope.py", "--workdir", str(existing_workdir), check=False)
-  _assert_one_line_error(result, "configs/nope.py")
+  assert_one_line_error(result, "configs/nope.py")
 
 
 def test_eval_of_a_folder_without_a_run(tmp_path):
   result = run("eval.py", "--workdir", str(tmp_path), check=False)
-  _assert_one_line_error(result, "config.json")
+  assert_one_line_error(result, "config.json")

@@ -1,0 +1,129 @@
+"""Train-step time of N:M training against the dense step of the same model.
+
+  python benchmarks/nm_step_cost.py [--models=vit,mlp] [--repeats=7] [--steps=10]
+
+The real jitted train step of train.py (mask recomputed from the dense weights
+every step, gradient rule, α, flip and gradient-norm metrics), one process, one
+random batch. The variants are timed round-robin, `steps` steps each per round,
+so drifts of the machine hit them alike; a variant's time is the median of its
+`repeats` rounds and its ratio is to the dense median of the same run. The
+metrics step (gradients and masks recorded for the log, run once per
+`log_every` steps) is timed the same way and amortized into the last column. SDGF
+rows time the first frame of the phase (7:8 stepwise, 8:64 geometric), the
+widest groups of their schedules. Prints a table and writes
+benchmarks/results/nm_step_cost.json.
+"""
+
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from configs import fmnist_mlp_nm, fmnist_vit_nm  # noqa: E402
+from experiment import build, metrics  # noqa: E402
+from experiment import method as method_lib  # noqa: E402
+from experiment.config import ConfigError  # noqa: E402
+from experiment.step import make_observe_step, make_train_step  # noqa: E402
+
+_MODELS = flags.DEFINE_list("models", ["vit", "mlp"], "vit (configs/fmnist_vit_nm.py) and/or mlp (fmnist_mlp_nm.py).")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Rounds; each variant's median over them is reported.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
+CONFIGS = {"vit": fmnist_vit_nm, "mlp": fmnist_mlp_nm}
+VARIANTS = {  # name -> config argument
+    "dense": "method=dense",
+    "STE 2:4": "method=ste,n=2,m=4", "SR-STE 2:4": "method=srste,n=2,m=4", "MDGF-exp 2:4": "method=mdgf,n=2,m=4",
+    "STE 1:8": "method=ste,n=1,m=8", "SR-STE 1:8": "method=srste,n=1,m=8", "MDGF-exp 1:8": "method=mdgf,n=1,m=8",
+    "MDGF-linear 1:8": "method=mdgf,decay=linear,n=1,m=8",
+    "SDGF-stepwise 1:8 (7:8)": "method=sdgf,structure=stepwise,n=1,m=8",
+    "SDGF-geometric 1:8 (8:64)": "method=sdgf,structure=geometric,n=1,m=8",
+    "unstructured 1/8": "method=unstructured,n=1,m=8",
+}
+
+
+def stepper(config, batch, mesh):
+  """Functions running `steps` real train steps, or observe steps, from their own state; the train step."""
+  model = build.model(config)
+  method = method_lib.build(config, model)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  method.restore(model, optimizer, {})
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  train_step = make_train_step(method, 0, replicated)
+  observe_step = make_observe_step(method, 0, replicated)
+  box = {"state": jax.device_put((model_state, opt_state), replicated), "step": 1}
+
+  def run(steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      box["state"], m = train_step(model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
+      box["step"] += 1
+    jax.block_until_ready(m)
+    return (time.perf_counter() - start) / steps
+
+  def observe(steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      box["state"] = (observe_step(model_def, box["state"][0], batch, jnp.int32(box["step"])), box["state"][1])
+    jax.block_until_ready(box["state"])
+    return (time.perf_counter() - start) / steps
+
+  run(2)  # Compile, warm up.
+  if method.observes:
+    observe(1)
+  return run, observe if method.observes else None, train_step
+
+
+def main(_):
+  mesh = build.data_mesh()
+  results = {}
+  for name in _MODELS.value:
+    module = CONFIGS[name]
+    config = module.get_config()
+    rng = np.random.default_rng(0)
+    batch = build.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
+                                      "label": rng.integers(0, 10, config.batch_size).astype(np.int32)})
+    steppers = {}
+    for v, arg in VARIANTS.items():
+      try:
+        steppers[v] = stepper(module.get_config(arg), batch, mesh)
+      except ConfigError as e:  # E.g. geometric SDGF's 8:64 on the MLP's 784 inputs.
+        print(f"{name}, {v}: skipped: {e}")
+    times = {v: [] for v in steppers}
+    observe_times = {v: [] for v, (_, observe, _) in steppers.items() if observe}
+    for _ in range(_REPEATS.value):
+      for v, (run, observe, _) in steppers.items():
+        times[v].append(run(_STEPS.value))
+        if observe:
+          observe_times[v].append(observe(2))
+    dense = statistics.median(times["dense"])
+    rows = []
+    for v, t in times.items():
+      step = statistics.median(t)
+      with_log = step + (statistics.median(observe_times[v]) / config.log_every if v in observe_times else 0.0)
+      rows.append({"model": name, "variant": v, "ms/step": 1e3 * step, "vs dense": step / dense,
+                   "compilations": steppers[v][2]._cache_size(),
+                   f"vs dense, + metrics step every {config.log_every}": with_log / dense})
+    results[name] = {"batch": config.batch_size, "params": build.count_params(build.model(config)), "rows": rows}
+    print(f"\n{name}: {results[name]['params']:,} parameters, batch {config.batch_size}")
+    print(metrics.table(rows))
+  device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+  print(f"\nDevice: {device}; median of {_REPEATS.value} round-robin rounds of {_STEPS.value} steps")
+  out = pathlib.Path(__file__).parent / "results" / "nm_step_cost.json"
+  out.parent.mkdir(exist_ok=True)
+  out.write_text(json.dumps({"device": device, "machine": platform.processor() or platform.machine(),
+                             "repeats": _REPEATS.value, "steps": _STEPS.value, "models": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

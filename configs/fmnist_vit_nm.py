@@ -1,0 +1,30 @@
+"""N:M ViT on Fashion-MNIST (7x7 patches: 16 tokens; dim 128, depth 2, 4 heads, MLP 256):
+every block's query/key/value/out and both MLP layers are N:M (groups of M inputs);
+the patch embedding and the head stay dense. Default: SR-STE at 2:4.
+(dim 128 so that every SDGF frame up to 8:128, geometric at 1:16, divides the 128 inputs.)
+
+  python train.py --config configs/fmnist_vit_nm.py --workdir runs/vit_nm_srste_2_4
+  python train.py --config configs/fmnist_vit_nm.py:method=mdgf,decay=exp,n=1,m=8 --workdir runs/vit_nm_mdgf_exp_1_8
+  python train.py --config configs/fmnist_vit_nm.py:method=sdgf,structure=geometric,n=1,m=16 --workdir runs/vit_sdgf_geo_1_16
+  python train.py --config configs/fmnist_vit_nm.py:method=dense --workdir runs/vit_nm_dense   # the dense baseline
+  python train.py --config configs/fmnist_vit_nm.py:ffn_only=true ...   # PGF's choice: only the MLP layers N:M
+
+`:arg` names: method (ste | srste | mdgf | sdgf | unstructured | dense), decay (exp | linear),
+k (α's coefficient; default: exp 5/T, linear 2/T for a sparse phase of T updates),
+structure (stepwise | geometric | densify), n, m, warmup, finetune (fractions), ffn_only, seed.
+
+Measured: see README "N:M sparsity" (the table there gives the commands).
+"""
+
+from configs import common
+from experiment.config import parse_arg
+
+
+def get_config(arg: str | None = None):
+  args = parse_arg(arg)
+  ffn_only = args.pop("ffn_only", "false").lower() == "true"
+  c = common.base(dict(name="vit", patch=7, dim=128, depth=2, num_heads=4, mlp_dim=256), num_epochs=4,
+                  learning_rate=2e-3)
+  c.optimizer.weight_decay = 0.05
+  c = common.nm(c, keep_dense=("patch_embed", "head", *(("block*/attn/*",) if ffn_only else ())), n=2, m=4)
+  return common.nm_config(c, ",".join(f"{k}={v}" if v else k for k, v in args.items()))

@@ -1,0 +1,141 @@
+"""N:M sparse layers (ALGORITHMS.md B1, B2).
+
+A layer keeps its dense `kernel` (trained) and a static `Sparsity`: the
+current N:M pattern (None while dense), the gradient rule and whether the mask
+is soft. The training method sets both; a change of either is a new graph, so
+it recompiles once, while the mask itself is recomputed from the kernel at
+every forward pass and never recompiles.
+
+Forward: `W ⊙ (m + α(1 − m))`, `m` the hard mask, `α` a traced scalar that
+the training loss sets and resets to 0, so evaluation and export always see
+the hard mask `W ⊙ m`. The forward pass writes nothing: what the metrics need
+(the mask at the last log step, flips, gradient norms) the training method
+records at log steps only.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sparsity.masks import nm_mask, unstructured_mask
+
+GRAD_RULES = ("ste", "srste", "autodiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparsity:
+  """pattern: (n, m), or None for dense. grad: `ste` (the gradient w.r.t. the
+  masked kernel, unmasked), `srste` (plus srste_decay·(1 − m)⊙W) or `autodiff`
+  (through the soft mask: pruned gradients scaled by α). soft: W ⊙ (m + α(1 − m)).
+  unstructured: the same density, magnitude-pruned over the whole kernel."""
+  pattern: tuple[int, int] | None
+  grad: str = "ste"
+  srste_decay: float = 0.0
+  soft: bool = False
+  unstructured: bool = False
+
+
+class MaskDecay(nnx.Variable):
+  """α of mask decay; nonzero only inside the training loss."""
+
+
+class Monitor(nnx.Variable):
+  """Recorded at log steps for the metrics: the hard mask (bool, kernel-shaped),
+  the entries it changed since the previous log step, the squared gradient
+  norms of kept and pruned weights."""
+
+
+@jax.custom_vjp
+def _straight_through(w: jax.Array, soft_mask: jax.Array) -> jax.Array:
+  """W ⊙ soft_mask forward; the gradient passes to W unscaled (STE)."""
+  return w * soft_mask
+
+
+_straight_through.defvjp(lambda w, soft_mask: (w * soft_mask, None), lambda _, g: (g, None))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _sr_ste(w: jax.Array, mask: jax.Array, decay: float) -> jax.Array:
+  """W ⊙ m forward; backward g + decay·(1 − m) ⊙ W (SR-STE). Keeps the bool mask, not a float copy."""
+  return jnp.where(mask, w, 0.0)
+
+
+def _sr_ste_fwd(w, mask, decay):
+  return jnp.where(mask, w, 0.0), (w, mask)
+
+
+def _sr_ste_bwd(decay, residuals, g):
+  w, mask = residuals
+  return g + decay * jnp.where(mask, 0.0, w), None
+
+
+_sr_ste.defvjp(_sr_ste_fwd, _sr_ste_bwd)
+
+
+class _NMKernel(nnx.Module):
+  """What NMLinear and NMConv share: the kernel, its mask and the forward rule."""
+
+  def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str) -> None:
+    if kernel.shape[axis] % m:
+      raise ValueError(f"config.layers: N:M layer {name!r} groups {kernel.shape[axis]} inputs, not divisible by "
+                       f"M={m}; choose an M that divides {kernel.shape[axis]} or keep it dense with --config.layers.keep_dense")
+    self.name, self.axis, self.target = name, axis, (n, m)
+    self.kernel = nnx.Param(kernel)
+    self.sparsity = Sparsity((n, m))
+    self.alpha = MaskDecay(jnp.zeros((), jnp.float32))
+    self.logged_mask = Monitor(jnp.ones(kernel.shape, bool))
+    self.flips = Monitor(jnp.zeros((), jnp.int32))
+    self.grad_sq = Monitor(jnp.zeros((2,), jnp.float32))  # (kept, pruned)
+
+  def hard_mask(self, kernel: jax.Array) -> jax.Array:
+    s = self.sparsity
+    if s.pattern is None:
+      return jnp.ones(kernel.shape, bool)
+    n, m = s.pattern
+    return unstructured_mask(kernel, n / m) if s.unstructured else nm_mask(kernel, n, m, self.axis)
+
+  def masked_kernel(self) -> jax.Array:
+    """The kernel the forward pass uses."""
+    w, s = self.kernel[...], self.sparsity
+    if s.pattern is None:
+      return w
+    mask = self.hard_mask(jax.lax.stop_gradient(w))
+    if s.grad == "srste":
+      return _sr_ste(w, mask, s.srste_decay)
+    soft = mask.astype(w.dtype)
+    if s.soft:
+      soft = soft + self.alpha[...] * (1.0 - soft)
+    return w * soft if s.grad == "autodiff" else _straight_through(w, soft)
+
+
+class NMLinear(_NMKernel):
+  """y = x · (kernel ⊙ mask) + bias, `kernel: (in, out)`, groups of M inputs."""
+
+  def __init__(self, in_features: int, out_features: int, *, n: int, m: int, rngs: nnx.Rngs, use_bias: bool = True,
+               name: str = ""):
+    self._init_sparsity(nnx.initializers.lecun_normal()(rngs.params(), (in_features, out_features)), n, m, 0, name)
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
+    y = x @ self.masked_kernel()
+    return y + self.bias[...] if self.bias is not None else y
+
+
+class NMConv(_NMKernel):
+  """A conv with an HWIO `kernel: (kh, kw, in, out)`; groups of M input channels
+  at one spatial tap and one output channel."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, n: int, m: int, rngs: nnx.Rngs,
+               strides: int = 1, padding: str = "SAME", name: str = ""):
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    self._init_sparsity(nnx.initializers.lecun_normal()(rngs.params(), shape), n, m, 2, name)
+    self.bias = nnx.Param(jnp.zeros((out_features,)))
+    self.strides, self.padding = strides, padding
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
+    y = jax.lax.conv_general_dilated(x, self.masked_kernel(), (self.strides,) * 2, self.padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + self.bias[...]

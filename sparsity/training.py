@@ -1,0 +1,151 @@
+"""N:M training: STE, SR-STE, MDGF, SDGF and the unstructured baseline over the
+dense warm-up, sparse and fine-tune phases (ALGORITHMS.md B2).
+
+The method decides, from the step alone, each N:M layer's `Sparsity` (pattern
+and gradient rule): it changes only at phase and SDGF frame boundaries, each a
+single recompilation. α(t) is computed inside the jitted step.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from experiment.config import ConfigError
+from experiment.method import Method
+from sparsity.layers import NMConv, NMLinear, Sparsity
+from sparsity.schedules import DECAYS, STRUCTURES, Phases, mask_decay, structure_decay_frames
+
+METHODS = ("ste", "srste", "mdgf", "sdgf", "unstructured")
+MDGF_GRADS = ("ste", "autodiff")
+
+
+def nm_layers(model: nnx.Module) -> list[tuple[tuple, NMLinear | NMConv]]:
+  """(path, layer) of every N:M layer, in graph order."""
+  return [(tuple(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, (NMLinear, NMConv))]
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.nm.{field}{message}")
+
+
+class NMTraining(Method):
+  """config.nm: method, decay, decay_coef, mdgf_grad, structure, sdgf_decay,
+  srste_decay, dense_warmup, finetune (fractions of config.num_steps)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module):
+    c = self.c = config.nm
+    _require(c.method in METHODS, "method", f"={c.method!r} is unknown; choose one of {list(METHODS)}")
+    _require(c.decay in DECAYS, "decay", f"={c.decay!r} is unknown; choose one of {list(DECAYS)}")
+    _require(c.mdgf_grad in MDGF_GRADS, "mdgf_grad", f"={c.mdgf_grad!r} is unknown; choose one of {list(MDGF_GRADS)}")
+    _require(c.structure in STRUCTURES, "structure", f"={c.structure!r} is unknown; choose one of {list(STRUCTURES)}")
+    _require(c.decay_coef >= 0, "decay_coef", f"={c.decay_coef} must be >= 0")
+    _require(c.srste_decay >= 0, "srste_decay", f"={c.srste_decay} must be >= 0")
+    for field in ("dense_warmup", "finetune"):
+      _require(0 <= c[field] < 1, field, f"={c[field]} must be a fraction in [0, 1)")
+    self.phases = Phases.of(config.num_steps, c.dense_warmup, c.finetune)
+    _require(self.phases.sparse > 0, "dense_warmup", f" + finetune = {c.dense_warmup + c.finetune} leaves no sparse phase; "
+             "make their sum < 1")
+    self.log_every, self.num_steps = config.log_every, config.num_steps
+    self.soft = c.method == "mdgf" or (c.method == "sdgf" and c.sdgf_decay)
+    if not nm_layers(model):
+      raise ConfigError("config.layers.keep_dense keeps every layer dense, so config.layers.type='nm' has nothing to "
+                        "sparsify; narrow keep_dense")
+    self.frames = {}  # layer name -> [(start t, n, m)] over the sparse phase.
+    for _, layer in nm_layers(model):
+      n, m = layer.target
+      try:
+        frames = structure_decay_frames(n, m, c.structure, self.phases.sparse) if c.method == "sdgf" else [(0, n, m)]
+      except ValueError as e:
+        raise ConfigError(f"config.nm.structure={c.structure!r}: layer {layer.name!r}: {e}") from e
+      for _, _, fm in frames:
+        _require(layer.kernel.shape[layer.axis] % fm == 0, "structure",
+                 f"={c.structure!r} needs groups of M={fm} in layer {layer.name!r}, whose {layer.kernel.shape[layer.axis]} "
+                 f"inputs are not divisible by it; keep the layer dense or choose another structure or N:M")
+      self.frames[layer.name] = frames
+    starts = {self.phases.warmup + t for frames in self.frames.values() for t, _, _ in frames}
+    self.boundaries = (starts | {self.phases.warmup + self.phases.sparse}) - {0}
+
+  def sparsity_at(self, done: int, layer) -> Sparsity:
+    """The layer's configuration for the update that follows `done` completed updates."""
+    phase = self.phases.phase(done)
+    if phase == "dense":
+      return Sparsity(None)
+    if phase == "finetune":
+      return Sparsity(layer.target, unstructured=self.c.method == "unstructured")
+    t = done - self.phases.warmup
+    _, n, m = [f for f in self.frames[layer.name] if f[0] <= t][-1]
+    grad = "srste" if self.c.method == "srste" else "autodiff" if self.soft and self.c.mdgf_grad == "autodiff" else "ste"
+    return Sparsity((n, m), grad=grad, srste_decay=self.c.srste_decay if grad == "srste" else 0.0, soft=self.soft,
+                    unstructured=self.c.method == "unstructured")
+
+  def alpha(self, step):
+    """α of the update `step` (1-based); 0 where the mask is binary."""
+    t = step - 1 - self.phases.warmup
+    return mask_decay(t, self.c.decay, self.c.decay_coef) if self.soft and self.phases.phase(step - 1) == "sparse" else 0.0
+
+  def _configure(self, done: int, model) -> bool:
+    changed = False
+    for _, layer in nm_layers(model):
+      new = self.sparsity_at(done, layer)
+      changed |= new != layer.sparsity
+      layer.sparsity = new
+    return changed
+
+  # --- the Method hooks ---
+
+  def loss(self, model, step, key, forward):
+    if not self.soft:
+      return super().loss(model, step, key, forward)
+    layers = [layer for _, layer in nm_layers(model)]
+    alpha = mask_decay(step - 1 - self.phases.warmup, self.c.decay, self.c.decay_coef)  # Traced: no recompilation.
+    for layer in layers:
+      layer.alpha[...] = alpha
+    loss, logits = forward(model, None)
+    for layer in layers:
+      layer.alpha[...] = jnp.zeros(())  # Outside the loss the hard mask holds (evaluation, export).
+    return loss, logits, {}
+
+  observes = True
+
+  def observe(self, model, step, grads):
+    """Records each layer's mask for this update, the entries it flipped since
+    the previous log step, and the squared gradient norms of its kept and pruned weights."""
+    flat = dict(nnx.to_flat_state(grads))
+    for path, layer in nm_layers(model):
+      mask = layer.hard_mask(layer.kernel[...])
+      g_sq = flat[(*path, "kernel")][...] ** 2
+      layer.flips[...] = jnp.sum(mask != layer.logged_mask[...], dtype=jnp.int32)
+      layer.logged_mask[...] = mask
+      layer.grad_sq[...] = jnp.stack([jnp.sum(jnp.where(mask, g_sq, 0.0)), jnp.sum(jnp.where(mask, 0.0, g_sq))])
+
+  def host_update_due(self, step: int) -> bool:
+    return step in self.boundaries
+
+  def host_update(self, step: int, model, optimizer) -> bool:
+    return self._configure(step, model)
+
+  def state(self, step: int, model) -> dict:
+    return {"step": step, "phase": self.phases.phase(step), "alpha": float(self.alpha(step + 1)),
+            "patterns": {layer.name: list(layer.sparsity.pattern or ()) for _, layer in nm_layers(model)}}
+
+  def restore(self, model, optimizer, state: dict) -> None:
+    self._configure(state.get("step", 0), model)
+
+  def metrics(self, step: int, model) -> dict[str, float]:
+    layers = [layer for _, layer in nm_layers(model)]
+    out, pruned, flips, entries, grad_sq = {}, 0, 0, 0, np.zeros(2)
+    for layer in layers:
+      mask = np.asarray(layer.logged_mask[...])
+      out[f"sparsity/{layer.name}"] = 1.0 - mask.mean()
+      pruned += int(mask.size - mask.sum())
+      flips += int(layer.flips[...])
+      entries += mask.size
+      grad_sq += np.asarray(layer.grad_sq[...], np.float64)
+    total = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    n, m = layers[0].sparsity.pattern or (1, 1)  # The first N:M layer's (1:1 while dense).
+    return {**out, "sparsity/total": pruned / total, "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
+            "nm/flip_rate": flips / entries, "nm/grad_norm_kept": float(np.sqrt(grad_sq[0])),
+            "nm/grad_norm_pruned": float(np.sqrt(grad_sq[1]))}

@@ -1,0 +1,148 @@
+"""N:M training through train.py and eval.py, on the tiny data."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+import sparsity
+from configs import fmnist_mlp_nm
+from experiment import build, metrics
+from experiment import method as method_lib
+from sparsity.training import nm_layers
+from tests.conftest import assert_one_line_error, run, snapshot
+from tests.test_train import _leaves, _params  # The same comparison as the dense resume test.
+from experiment.step import make_train_step
+
+VIT_SDGF = "configs/fmnist_vit_nm.py:smoke,method=sdgf,n=1,m=8"
+PHASES = {"nm.sdgf_decay": True, "nm.dense_warmup": 0.2, "nm.finetune": 0.2}  # 20 steps: 4 dense, 12 sparse, 4 fine-tune.
+
+
+@pytest.fixture(scope="module")
+def sdgf_run(tmp_path_factory, tiny_data):
+  workdir = tmp_path_factory.mktemp("sdgf") / "run"
+  run("train.py", "--config", VIT_SDGF, "--workdir", str(workdir),
+      overrides={**tiny_data, **PHASES, "log_every": 1, "nm.decay_coef": 0.1})
+  return workdir
+
+
+def test_phases_frames_alpha_and_one_compilation_per_frame(sdgf_run):
+  rows = {r["step"]: r for r in metrics.read(sdgf_run / "metrics.jsonl") if "nm/n" in r}
+  # Row `s` describes update s (logged right after it).
+  patterns = [(rows[s]["nm/n"], rows[s]["nm/m"]) for s in range(1, 21)]
+  assert patterns[:4] == [(1, 1)] * 4  # Dense warm-up: updates 1-4.
+  assert patterns[4:16] == [(7, 8)] * 3 + [(4, 8)] * 3 + [(2, 8)] * 3 + [(1, 8)] * 3  # Frames of 3 updates.
+  assert patterns[16:] == [(1, 8)] * 4  # Fine-tune.
+  # α of update s: exp(-0.1 t), t = s - 1 - 4, in the sparse phase only (sdgf_decay: MDGF within the frames).
+  for s in range(1, 21):
+    expected = np.exp(-0.1 * (s - 5)) if 5 <= s <= 16 else 0.0
+    assert rows[s]["nm/alpha"] == pytest.approx(expected, rel=1e-5), s
+  # One compilation per distinct graph: dense, 4 frames, fine-tune; none within a frame.
+  compiles = [rows[s]["compiles/train_step"] for s in range(1, 21)]
+  assert compiles == [1] * 4 + [2] * 3 + [3] * 3 + [4] * 3 + [5] * 3 + [6] * 4
+  # Sparsity follows the mask in use: 0 while dense, 1 - n/m after.
+  assert rows[4]["sparsity/block0/mlp/fc1"] == 0
+  assert rows[5]["sparsity/block0/mlp/fc1"] == pytest.approx(1 - 7 / 8)
+  assert rows[8]["sparsity/block0/mlp/fc1"] == pytest.approx(1 - 4 / 8)
+  assert rows[20]["sparsity/block1/attn/query"] == pytest.approx(1 - 1 / 8)
+  assert 0 < rows[20]["sparsity/total"] < 7 / 8  # patch_embed, head, norms stay dense.
+  assert rows[8]["nm/flip_rate"] > 0.2 > rows[20]["nm/flip_rate"]  # The 7:8 -> 4:8 switch flips many entries.
+  assert rows[20]["nm/grad_norm_pruned"] > 0 and rows[20]["nm/grad_norm_kept"] > 0
+  assert (sdgf_run / "plots" / "sparsity.png").stat().st_size > 0
+
+
+def test_resume_mid_frame_is_bit_identical(tmp_path, tiny_data):
+  overrides = {**tiny_data, **PHASES, "checkpoint_every": 7, "keep_checkpoints": 10, "nm.method": "sdgf"}
+  config = "configs/fmnist_mlp_nm.py:smoke,n=1,m=8"
+  straight = tmp_path / "straight"
+  run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)
+  resumed = tmp_path / "resumed"
+  shutil.copytree(straight, resumed)  # A kill after the step-7 checkpoint: mid-frame (frame 1 is updates 8-10).
+  for step in (14, 20):
+    shutil.rmtree(resumed / "checkpoints" / str(step))
+  out = run("train.py", "--config", config, "--workdir", str(resumed), overrides=overrides)
+  assert "Resumed from step 7" in out.stderr
+  a, b = _leaves(_params(straight, 20)), _leaves(_params(resumed, 20))
+  assert a.keys() == b.keys() and any("logged_mask" in k for k in a)
+  for path in a:
+    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith("compiles/")} for r in rows]
+  assert per_run(metrics.read(straight / "metrics.jsonl")) == per_run(metrics.read(resumed / "metrics.jsonl"))
+
+
+def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask():
+  """MDGF at t = 0 trains through W ⊙ (m + 1·(1 − m)) = W, yet the model the step
+  returns (what evaluation, checkpoints and export see) has α = 0: W ⊙ m."""
+  config = fmnist_mlp_nm.get_config("smoke,method=mdgf,n=1,m=8")
+  model = build.model(config)
+  method = method_lib.build(config, model)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  method.restore(model, optimizer, {})
+  mesh = build.data_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  rng = np.random.default_rng(0)
+  batch = build.batch_placer(mesh)({"image": rng.random((32, 28, 28, 1), np.float32),
+                                    "label": rng.integers(0, 10, 32).astype(np.int32)})
+  step = make_train_step(method, 0, replicated)
+  state, _ = step(model_def, opt_def, jax.device_put((model_state, opt_state), replicated), batch, jnp.int32(1))
+  trained = nnx.merge(model_def, state[0])
+  x = batch["image"].reshape(32, -1)
+  h = x
+  for path, layer in nm_layers(trained):
+    assert float(layer.alpha[...]) == 0.0 and layer.sparsity.soft
+  for layer in trained.hidden:
+    w = layer.kernel[...]
+    h = jax.nn.relu(h @ (w * sparsity.nm_mask(w, 1, 8, 0)) + layer.bias[...])
+  np.testing.assert_allclose(trained(batch["image"]), trained.head(h), rtol=1e-5, atol=1e-5)
+
+
+def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
+  workdir, export = tmp_path / "run", tmp_path / "export"
+  run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke,method=srste,n=2,m=4", "--workdir", str(workdir),
+      overrides=tiny_data)
+  out = run("eval.py", "--workdir", str(workdir), f"--export={export}")
+  report = json.loads((workdir / "eval.json").read_text())
+  sizes = report["export"]["bytes"]
+  # fc1 (784 x 1024) and fc2 (1024 x 1024) at 2:4: half the fp32 values plus a byte per kept entry.
+  assert sizes["nm_kernels_dense"] == 4 * (784 + 1024) * 1024
+  assert sizes["nm_kernels_packed"] == (784 + 1024) * 1024 // 2 * 5
+  assert "N:M kernels (bytes)" in out.stdout
+  run("eval.py", f"--exported={export}")
+  standalone = json.loads((export / "eval.json").read_text())
+  assert standalone["eval/accuracy"] == pytest.approx(report["eval/accuracy"], abs=1e-6)
+  assert report["eval/accuracy"] == pytest.approx(metrics.read(workdir / "metrics.jsonl")[-1]["eval/accuracy"], abs=1e-6)
+
+
+def test_unstructured_baseline_has_the_same_density(tmp_path, tiny_data):
+  workdir = tmp_path / "run"
+  run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke,method=unstructured,n=1,m=8", "--workdir", str(workdir),
+      overrides=tiny_data)
+  last = metrics.read(workdir / "metrics.jsonl")[-1]
+  assert last["sparsity/fc1"] == pytest.approx(7 / 8, abs=1e-6) and last["sparsity/fc2"] == pytest.approx(7 / 8, abs=1e-6)
+
+
+BAD = {
+    "unknown method": ({"nm.method": "magic"}, "config.nm.method"),
+    "unknown decay": ({"nm.decay": "cosine"}, "config.nm.decay"),
+    "phases leave no sparse phase": ({"nm.dense_warmup": 0.6, "nm.finetune": 0.5}, "config.nm.dense_warmup"),
+    "M does not divide a layer": ({"layers.m": 24, "layers.n": 1}, "config.layers"),
+    "SDGF frame does not divide a layer": ({"nm.method": "sdgf", "nm.structure": "geometric", "layers.n": 1,
+                                            "layers.m": 8}, "config.nm.structure"),
+    "N > M": ({"layers.n": 5, "layers.m": 4}, "config.layers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_nm_config(case, tiny_data, existing_workdir):
+  overrides, field = BAD[case]
+  before = snapshot(existing_workdir)
+  result = run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke", "--workdir", str(existing_workdir),
+               overrides={**tiny_data, **overrides}, check=False)
+  assert_one_line_error(result, field)
+  assert snapshot(existing_workdir) == before
