@@ -3,6 +3,7 @@
 import pathlib
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -64,10 +65,12 @@ def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
   axes[0, 1].set(title="α (mask decay)", ylim=(-0.02, 1.02))
   for key in ("nm/n", "nm/m"):
     axes[0, 2].step(*series(rows, key), where="post", label=key)
-  axes[0, 2].set(title="N:M (first N:M layer)", yscale="log")
+  axes[0, 2].set_yscale("log", base=2)
+  axes[0, 2].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  axes[0, 2].set(title="N:M (first N:M layer)")
   axes[0, 2].legend(fontsize=8)
   axes[1, 0].plot(*series(rows, "nm/flip_rate"))
-  axes[1, 0].set(title="mask flip rate since the previous log step", yscale="symlog", ylim=(0, None))
+  axes[1, 0].set(title="mask flip rate since the previous log step", ylim=(0, None))
   for key in ("nm/grad_norm_kept", "nm/grad_norm_pruned"):
     axes[1, 1].plot(*series(rows, key), label=key.removeprefix("nm/grad_norm_") + " weights")
   axes[1, 1].set(title="gradient norm", yscale="log")
