@@ -62,7 +62,10 @@ def main(argv) -> None:
   state = jax.device_put((model_state, opt_state), replicated)
   window: list[dict] = []  # Per-step metrics since the last log step (their means are logged).
   if start:
-    state, data_state, window = checkpoints.restore(start, state)
+    try:
+      state, data_state, window = checkpoints.restore(start, state)
+    except config_lib.ConfigError as e:
+      sys.exit(f"error: {e}")
     batches.set_state(data_state)
     print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
   else:

@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from experiment.config import ConfigError
+
 
 class Checkpoints:
 
@@ -30,13 +32,19 @@ class Checkpoints:
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict, list[dict]]:
     """The state (onto the shapes, dtypes and shardings of `like`), the data iterator's state and the metrics window."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)),
-                                                                  data=ocp.args.JsonRestore(),
-                                                                  window=ocp.args.JsonRestore()))
+    restored = self._restore(step, state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore(),
+                             window=ocp.args.JsonRestore())
     return restored.state, restored.data, restored.window["steps"]
 
   def restore_state(self, step: int, like: Any) -> Any:
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)))).state
+    return self._restore(step, state=ocp.args.StandardRestore(_abstract(like))).state
+
+  def _restore(self, step: int, **items) -> Any:
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:  # Orbax lists every mismatching array; the first line says what is wrong.
+      raise ConfigError(f"{self.manager.directory}/{step} does not match the model its run's config builds (a "
+                        f"checkpoint of another version of the code?): {str(e).strip().splitlines()[0]}") from e
 
 
 def _abstract(tree: Any) -> Any:

@@ -118,6 +118,11 @@ def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   assert standalone["eval/accuracy"] == pytest.approx(report["eval/accuracy"], abs=1e-6)
   assert report["eval/accuracy"] == pytest.approx(metrics.read(workdir / "metrics.jsonl")[-1]["eval/accuracy"], abs=1e-6)
 
+  # A checkpoint the config no longer describes (here: the same run read as dense) is one clear line.
+  config = json.loads((workdir / "config.json").read_text())
+  (workdir / "config.json").write_text(json.dumps({**config, "layers": {"type": "dense", "keep_dense": []}}))
+  assert_one_line_error(run("eval.py", "--workdir", str(workdir), check=False), "does not match the model")
+
 
 def test_unstructured_baseline_has_the_same_density(tmp_path, tiny_data):
   workdir = tmp_path / "run"
