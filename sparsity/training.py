@@ -133,6 +133,9 @@ class NMTraining(Method):
 
   def restore(self, model, optimizer, state: dict) -> None:
     self._configure(state.get("step", 0), model)
+    if not state:  # A fresh start: the first flip rate counts changes from the initial mask.
+      for _, layer in nm_layers(model):
+        layer.logged_mask[...] = layer.hard_mask(layer.kernel[...])
 
   def metrics(self, step: int, model) -> dict[str, float]:
     layers = [layer for _, layer in nm_layers(model)]

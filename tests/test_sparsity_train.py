@@ -107,6 +107,8 @@ def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke,method=srste,n=2,m=4", "--workdir", str(workdir),
       overrides=tiny_data)
   out = run("eval.py", "--workdir", str(workdir), f"--export={export}")
+  first = metrics.read(workdir / "metrics.jsonl")[1]
+  assert 0 < first["nm/flip_rate"] < 0.25  # Changes since the initial mask (not since an all-dense one: 0.5).
   report = json.loads((workdir / "eval.json").read_text())
   sizes = report["export"]["bytes"]
   # fc1 (784 x 1024) and fc2 (1024 x 1024) at 2:4: half the fp32 values plus a byte per kept entry.
