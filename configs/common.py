@@ -122,11 +122,11 @@ def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> ml_collect
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
-    node[leaf] = _parse_like(node[leaf], value, key)
+    node[leaf] = parse_like(node[leaf], value, key)
   return smoke(c) if "smoke" in args else c
 
 
-def _parse_like(current, value: str, key: str):
+def parse_like(current, value: str, key: str):
   """`value` as the type of the field it replaces ("False" is False, not a true string)."""
   if isinstance(current, bool):
     if value.lower() not in ("true", "false"):

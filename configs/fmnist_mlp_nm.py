@@ -9,7 +9,9 @@ inputs), the head stays dense. Default: SR-STE at 2:4.
 k (α's coefficient; default: exp 5/T, linear 2/T for a sparse phase of T updates), structure (stepwise | geometric | densify), n, m, warmup, finetune (fractions).
 fc1's 784 inputs take M ∈ {2, 4, 8, 16} (784 = 16·49), so SDGF `geometric` (M up to 8·M) needs fc1 dense.
 
-Measured: see README "N:M sparsity".
+Measured (2 CPU cores, seed 0, one single-threaded process while other runs shared the cores): the
+default, SR-STE 2:4, reached 89.61% test accuracy (dense MLP: 89.69%) in 226 s; `eval.py --export`
+packs fc1 and fc2 into 4,628,480 bytes, 0.625 of their 7,405,568 dense fp32 bytes.
 """
 
 from configs import common

@@ -22,7 +22,7 @@ from experiment.config import parse_arg
 
 def get_config(arg: str | None = None):
   args = parse_arg(arg)
-  ffn_only = args.pop("ffn_only", "false").lower() == "true"
+  ffn_only = common.parse_like(False, args.pop("ffn_only", "false"), "ffn_only")
   c = common.base(dict(name="vit", patch=7, dim=128, depth=2, num_heads=4, mlp_dim=256), num_epochs=4,
                   learning_rate=2e-3)
   c.optimizer.weight_decay = 0.05

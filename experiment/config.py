@@ -28,6 +28,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(f"error: {e}")
+  except ValueError as e:  # A bad `:key=value` argument of the config file.
+    sys.exit(f"error: --config: {e}")
   except (AttributeError, KeyError) as e:  # config_flags: an override of a field that does not exist.
     field = str(e).strip("\"'")
     overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]

@@ -185,3 +185,15 @@ def test_layer_groups_choose_their_own_pattern_and_kept_layers_stay_dense():
   with pytest.raises(ValueError, match="must look like '1:8'"):
     models.build(dict(name="mlp", hidden=(64,)), {**layers, "patterns": {"fc1": "half"}}, input_shape=(28, 28, 1),
                  num_classes=10, seed=0)
+
+
+def test_conv_groups_input_channels_and_uses_the_hard_mask_and_bias():
+  conv = NMConv(8, 4, 3, n=1, m=4, rngs=nnx.Rngs(0), strides=2, name="conv")
+  conv.bias[...] = jnp.arange(4.0)
+  x = jax.random.normal(jax.random.key(2), (2, 6, 6, 8))
+  kernel = conv.kernel[...]
+  mask = sparsity.nm_mask(kernel, 1, 4, 2)
+  assert np.all(np.asarray(mask).reshape(3, 3, 2, 4, 4).sum(axis=3) == 1)  # One of every 4 input channels.
+  expected = jax.lax.conv_general_dilated(x, kernel * mask, (2, 2), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
+  np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-6)

@@ -145,6 +145,12 @@ BAD = {
 }
 
 
+def test_bad_config_argument(existing_workdir):
+  result = run("train.py", "--config", "configs/fmnist_vit_nm.py:ffn_only=yes", "--workdir", str(existing_workdir),
+               check=False)
+  assert_one_line_error(result, "ffn_only='yes': must be true or false")
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_nm_config(case, tiny_data, existing_workdir):
   overrides, field = BAD[case]
