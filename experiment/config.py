@@ -27,9 +27,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):  # get_config raised (a bad `:key=value`): its last line says why.
+      sys.exit(f"error: --config: {str(e).strip().splitlines()[-1].split(': ', 1)[-1]}")
     sys.exit(f"error: {e}")
-  except ValueError as e:  # A bad `:key=value` argument of the config file.
-    sys.exit(f"error: --config: {e}")
   except (AttributeError, KeyError) as e:  # config_flags: an override of a field that does not exist.
     field = str(e).strip("\"'")
     overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
