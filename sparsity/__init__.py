@@ -6,6 +6,9 @@ from sparsity.layers import NMConv, NMLinear, Sparsity
 from sparsity.masks import nm_mask, unstructured_mask
 from sparsity.schedules import mask_decay, structure_decay_frames
 
+__all__ = ["NMConv", "NMLinear", "Sparsity", "conv", "linear", "mask_decay", "nm_mask", "pattern_for",
+           "structure_decay_frames", "unstructured_mask"]
+
 
 def pattern_for(name: str, n: int, m: int, patterns: dict | None) -> tuple[int, int]:
   """The N:M of layer `name`: the first fnmatch pattern of `patterns` ({"block*/mlp/*": "1:8"}) that

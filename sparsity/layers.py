@@ -22,9 +22,6 @@ from flax import nnx
 
 from sparsity.masks import nm_mask, unstructured_mask
 
-GRAD_RULES = ("ste", "srste", "autodiff")
-
-
 @dataclasses.dataclass(frozen=True)
 class Sparsity:
   """pattern: (n, m), or None for dense. grad: `ste` (the gradient w.r.t. the
