@@ -73,7 +73,7 @@ def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: 
   c.nm = dict(
       method=method,        # ste | srste | mdgf | sdgf | unstructured (magnitude, same density, STE)
       decay="exp",          # mdgf (and sdgf with sdgf_decay): α(t) = exp(-k·t) | linear: max(1 - k·t, 0)
-      decay_coef=2e-3,      # k, per update of the sparse phase.
+      decay_coef=0.0,       # k per update of the sparse phase of T updates; 0: exp 5/T (α(T) = e^-5), linear 2/T.
       mdgf_grad="ste",      # ste: the paper's backward | autodiff: through the soft mask (ablation)
       structure="stepwise",  # sdgf: stepwise | geometric | densify
       sdgf_decay=False,     # sdgf: also decay the mask (MDGF within the frames)
@@ -98,19 +98,9 @@ def nm_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> dict[str, str
   return {NM_ARGS.get(k, k): v for k, v in args.items()}
 
 
-def default_decay_coef(c: ml_collections.ConfigDict) -> float:
-  """k for this run's sparse phase of T updates: exp 5/T (α = e^-5 at the end), linear 2/T (α = 0 from mid-phase)."""
-  sparse = c.num_steps * (1 - c.nm.dense_warmup - c.nm.finetune)
-  return (5.0 if c.nm.decay == "exp" else 2.0) / max(sparse, 1)
-
-
 def nm_config(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies an N:M config's `:arg` (short names, `:smoke`); sets k for the final schedule unless `k` is given."""
-  args = parse_arg(arg)
-  c = apply_args(c, nm_args(c, args))
-  if "k" not in args:
-    c.nm.decay_coef = default_decay_coef(c)
-  return c
+  """Applies an N:M config's `:arg` (short names, `:smoke`)."""
+  return apply_args(c, nm_args(c, parse_arg(arg)))
 
 
 def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> ml_collections.ConfigDict:

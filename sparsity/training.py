@@ -49,6 +49,8 @@ class NMTraining(Method):
     _require(self.phases.sparse > 0, "dense_warmup", f" + finetune = {c.dense_warmup + c.finetune} leaves no sparse phase; "
              "make their sum < 1")
     self.log_every, self.num_steps = config.log_every, config.num_steps
+    # k: as configured, or for this sparse phase of T updates: exp 5/T (α ends at e^-5), linear 2/T (0 from mid-phase).
+    self.decay_coef = c.decay_coef or (5.0 if c.decay == "exp" else 2.0) / self.phases.sparse
     self.soft = c.method == "mdgf" or (c.method == "sdgf" and c.sdgf_decay)
     if not nm_layers(model):
       raise ConfigError("config.layers.keep_dense keeps every layer dense, so config.layers.type='nm' has nothing to "
@@ -84,7 +86,7 @@ class NMTraining(Method):
   def alpha(self, step):
     """α of the update `step` (1-based); 0 where the mask is binary."""
     t = step - 1 - self.phases.warmup
-    return mask_decay(t, self.c.decay, self.c.decay_coef) if self.soft and self.phases.phase(step - 1) == "sparse" else 0.0
+    return mask_decay(t, self.c.decay, self.decay_coef) if self.soft and self.phases.phase(step - 1) == "sparse" else 0.0
 
   def _configure(self, done: int, model) -> bool:
     changed = False
@@ -100,7 +102,7 @@ class NMTraining(Method):
     if not self.soft:
       return super().loss(model, step, key, forward)
     layers = [layer for _, layer in nm_layers(model)]
-    alpha = mask_decay(step - 1 - self.phases.warmup, self.c.decay, self.c.decay_coef)  # Traced: no recompilation.
+    alpha = mask_decay(step - 1 - self.phases.warmup, self.c.decay, self.decay_coef)  # Traced: no recompilation.
     for layer in layers:
       layer.alpha[...] = alpha
     loss, logits = forward(model, None)
@@ -128,7 +130,7 @@ class NMTraining(Method):
     return self._configure(step, model)
 
   def state(self, step: int, model) -> dict:
-    return {"step": step, "phase": self.phases.phase(step), "alpha": float(self.alpha(step + 1)),
+    return {"step": step, "phase": self.phases.phase(step), "alpha": float(self.alpha(step + 1)), "decay_coef": self.decay_coef,
             "patterns": {layer.name: list(layer.sparsity.pattern or ()) for _, layer in nm_layers(model)}}
 
   def restore(self, model, optimizer, state: dict) -> None:

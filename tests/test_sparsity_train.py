@@ -102,6 +102,13 @@ def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask(
   np.testing.assert_allclose(trained(batch["image"]), trained.head(h), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arg,coef", [("method=mdgf", 5 / 20), ("method=mdgf,decay=linear", 2 / 20),
+                                      ("method=mdgf,warmup=0.2", 5 / 16), ("method=mdgf,k=0.01", 0.01)])
+def test_decay_coefficient_follows_the_sparse_phase_unless_given(arg, coef):
+  config = fmnist_mlp_nm.get_config(f"smoke,{arg}")
+  assert method_lib.build(config, build.model(config)).decay_coef == pytest.approx(coef)
+
+
 def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   workdir, export = tmp_path / "run", tmp_path / "export"
   run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke,method=srste,n=2,m=4", "--workdir", str(workdir),
