@@ -13,10 +13,10 @@ the patch embedding and the head stay dense. Default: SR-STE at 2:4.
 k (α's coefficient; default: exp 5/T, linear 2/T for a sparse phase of T updates),
 structure (stepwise | geometric | densify), n, m, warmup, finetune (fractions), ffn_only, seed.
 
-Measured (2 CPU cores, one single-threaded run per core, seeds 0 and 1; `python scripts/nm_ablation.py`):
-dense 86.62 ± 0.30%, SR-STE 2:4 86.52 ± 0.04%; at 1:8 / 1:16: STE 86.32 / 85.65, SR-STE 86.18 / 85.35,
-MDGF-linear 86.28 / 85.59, MDGF-exp 86.44 / 85.81, SDGF-stepwise 85.03 / 81.37, SDGF-geometric
-85.62 / 84.94 (README "Results: N:M on the ViT" has the stds and what they mean).
+Measured (2 CPU cores, one single-threaded run per core; `python scripts/nm_ablation.py`): seeds 0, 1:
+dense 86.62 ± 0.30%, SR-STE 2:4 86.52 ± 0.04%; at 1:8 (seeds 0, 1) / 1:16 (seeds 0, 1, 2): STE 86.32 / 85.63,
+SR-STE 86.18 / 85.32, MDGF-linear 86.28 / 85.78, MDGF-exp 86.44 / 85.96, SDGF-stepwise 85.03 / 81.40,
+SDGF-geometric 85.62 / 85.01 (dense over 3 seeds: 86.69). README "Results: N:M on the ViT" has the stds.
 """
 
 from configs import common
