@@ -21,6 +21,9 @@ import threading
 
 from absl import app, flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from experiment import metrics  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 METHODS = {  # row name -> config argument
     "STE": "method=ste", "SR-STE": "method=srste", "MDGF-linear": "method=mdgf,decay=linear",
@@ -53,7 +56,7 @@ def final_accuracy(folder: pathlib.Path) -> float | None:
   path = folder / "metrics.jsonl"
   if not path.exists():
     return None
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows = metrics.read(path)
   config = json.loads((folder / "config.json").read_text())
   done = [r for r in rows if r["step"] == config["num_steps"] and "eval/accuracy" in r]
   return done[-1]["eval/accuracy"] if done else None

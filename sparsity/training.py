@@ -6,12 +6,12 @@ and gradient rule): it changes only at phase and SDGF frame boundaries, each a
 single recompilation. α(t) is computed inside the jitted step.
 """
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from experiment import build
 from experiment.config import ConfigError
 from experiment.method import Method
 from sparsity.layers import NMConv, NMLinear, Sparsity
@@ -149,8 +149,7 @@ class NMTraining(Method):
       flips += int(layer.flips[...])
       entries += mask.size
       grad_sq += np.asarray(layer.grad_sq[...], np.float64)
-    total = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     n, m = layers[0].sparsity.pattern or (1, 1)  # The first N:M layer's (1:1 while dense).
-    return {**out, "sparsity/total": pruned / total, "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
+    return {**out, "sparsity/total": pruned / build.count_params(model), "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
             "nm/flip_rate": flips / entries, "nm/grad_norm_kept": float(np.sqrt(grad_sq[0])),
             "nm/grad_norm_pruned": float(np.sqrt(grad_sq[1]))}
