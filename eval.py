@@ -33,6 +33,7 @@ import data
 from experiment import build, evaluation, metrics, plots
 from experiment import config as config_lib
 from experiment import method as method_lib
+from experiment import workdir as workdir_lib
 from experiment.checkpoint import Checkpoints
 from lowrank import deploy, maestro
 from sparsity import export as nm_export
@@ -51,10 +52,10 @@ _EXPORTED = flags.DEFINE_string("exported", None, "Evaluate a folder written by 
 
 def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, object, int]:
   """The model of `workdir` at checkpoint `step` (latest if None), with its config."""
-  config = config_lib.load(workdir)
+  config = workdir_lib.load_config(workdir)
   build.check(config)
   model = build.model(config)
-  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+  checkpoints = Checkpoints(workdir)
   available = sorted(checkpoints.manager.all_steps())
   step = available[-1] if step is None and available else step
   if step not in available:

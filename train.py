@@ -4,12 +4,18 @@
   python train.py --config configs/fmnist_mlp_dense.py:smoke --workdir /tmp/smoke --config.seed=1
 
 `--workdir` is the resume key: if it holds a checkpoint, training continues
-from it and reproduces the uninterrupted run bit for bit (same machine).
+from it and reproduces the uninterrupted run bit for bit (same machine), however
+the previous process ended (a kill, a crash, a preemption). One train.py at a
+time per workdir; a workdir whose config.json differs from the requested config
+is refused unless --allow_config_change. SIGTERM saves a checkpoint after the
+current step and exits 0.
 """
 
 import math
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -24,12 +30,16 @@ import data
 from experiment import build, evaluation, metrics, plots
 from experiment import config as config_lib
 from experiment import method as method_lib
+from experiment import workdir as workdir_lib
 from experiment.checkpoint import Checkpoints
 from experiment.step import make_observe_step, make_train_step
 from lowrank import deploy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Continue the run in --workdir although the config differs from its config.json "
+    "(which is then kept as config.before_step_<n>.json).")
 
 
 def main(argv) -> None:
@@ -42,35 +52,50 @@ def main(argv) -> None:
     train_source, test_source = build.datasets(config)
     model = build.model(config)
     method = method_lib.build(config, model)
+    changes = workdir_lib.config_changes(config, workdir)
+    if changes and not _ALLOW_CONFIG_CHANGE.value:
+      raise config_lib.ConfigError(
+          f"--workdir {workdir} holds a run of another config ({'; '.join(changes)}); pass another --workdir, or "
+          f"--allow_config_change to continue that run with this config")
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+      workdir_lib.lock(workdir)
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
   mesh = build.data_mesh()
   put = build.batch_placer(mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
+  preempted = threading.Event()
+  signal.signal(signal.SIGTERM, lambda *_: preempted.set())
 
-  workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   batches = data.train_iterator(train_source, config.batch_size, config.seed,
                                 process_index=jax.process_index(), process_count=jax.process_count())
-  start = checkpoints.latest_step() or 0
+  start, damaged = checkpoints.resume_step(set_aside=is_main)
+  for warning in damaged:
+    print(f"warning: {warning}", file=sys.stderr)
+  start = start or 0
+  if changes and is_main:  # Allowed: keep the config the run was started with.
+    (workdir / "config.json").rename(workdir / f"config.before_step_{start}.json")
+    print(f"warning: continuing {workdir} with a changed config: {'; '.join(changes)}", file=sys.stderr)
   warmup = build.dense_warmup_steps(config)
   if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
     model, method = build.model(config, dense=True), method_lib.Method()
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
-  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  state = jax.device_put((model_state, opt_state), replicated)
   window: list[dict] = []  # Per-step metrics since the last log step (their means are logged).
-  if start:
-    try:
+  try:
+    method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
+    (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+    state = jax.device_put((model_state, opt_state), replicated)
+    if start:
       state, data_state, window = checkpoints.restore(start, state)
-    except config_lib.ConfigError as e:
-      sys.exit(f"error: {e}")
-    batches.set_state(data_state)
-    print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
-  else:
-    config_lib.save(config, workdir)
-  is_main = jax.process_index() == 0
+      batches.set_state(data_state)
+      print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
+  if is_main and (start == 0 or changes):
+    workdir_lib.save_config(config, workdir)
   writer = metrics.MetricsWriter(workdir, config, resume_step=start, enabled=is_main)
   if start == 0:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)
@@ -80,7 +105,7 @@ def main(argv) -> None:
     nnx.update(model, state[0])
     nnx.update(optimizer, state[1])
 
-  train_step = make_train_step(method, config.seed, replicated)
+  train_step = make_train_step(method, config.seed, replicated, config.skip_nonfinite)
   observe_step = make_observe_step(method, config.seed, replicated)
   step_flops = None  # Of the compiled step at the current shapes; re-measured after a shape change.
   schedule = build.learning_rate(config)
@@ -95,19 +120,19 @@ def main(argv) -> None:
       state = (observe_step(model_def, state[0], batch, jnp.int32(step)), state[1])
     state, step_metrics = train_step(model_def, opt_def, state, batch, jnp.int32(step))
     step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if not all(map(math.isfinite, step_metrics.values())):
+    if not all(map(math.isfinite, step_metrics.values())) and not step_metrics.get("train/skipped"):
       bad = ", ".join(f"{k}={v}" for k, v in step_metrics.items() if not math.isfinite(v))
       bar.close()
       writer.close()
       last = checkpoints.latest_step()
       kept = f"the last good checkpoint (step {last}) is intact in {workdir}" if last else "no checkpoint was written"
       sys.exit(f"error: non-finite {bad} at step {step}; stopped without saving, {kept}; "
-               f"lower --config.optimizer.learning_rate")
+               f"lower --config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
     window.append(step_metrics)
     bar.update()
     if log_step:
       sync_model()
-      logged = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
+      logged = _window_means(window)
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
                  **method.metrics(step, model)}
@@ -122,15 +147,21 @@ def main(argv) -> None:
         model = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES)
         method = method_lib.build(config, model)
         optimizer = build.optimizer_at(model, config, step)
-        train_step = make_train_step(method, config.seed, replicated)
+        train_step = make_train_step(method, config.seed, replicated, config.skip_nonfinite)
         observe_step = make_observe_step(method, config.seed, replicated)
       if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
         state = jax.device_put((model_state, opt_state), replicated)
         step_flops = None
-    if step % config.checkpoint_every == 0 or step == config.num_steps:
+    if step % config.checkpoint_every == 0 or step == config.num_steps or preempted.is_set():
       sync_model()
-      checkpoints.save(step, state, batches.get_state(), method.state(step, model), window)
+      checkpoints.save(step, state, batches.get_state(), method.state(step, model), window, primary=is_main)
+    if preempted.is_set() and step < config.num_steps:
+      bar.close()
+      writer.close()
+      print(f"Stopped by SIGTERM after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
+            f"command to resume", file=sys.stderr)
+      return
   bar.close()
   writer.close()
 
@@ -147,6 +178,16 @@ def main(argv) -> None:
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
     }]))
     print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
+
+
+def _window_means(window: list[dict]) -> dict[str, float]:
+  """Each metric's mean over the steps since the last log step, not counting skipped (non-finite) updates;
+  with --config.skip_nonfinite, also how many were skipped."""
+  counted = [m for m in window if not m.get("train/skipped")] or window
+  means = {k: sum(m[k] for m in counted) / len(counted) for k in window[0] if k != "train/skipped"}
+  if "train/skipped" in window[0]:
+    means["train/skipped_updates"] = sum(m["train/skipped"] for m in window)
+  return means
 
 
 def _flops(train_step, model_def, opt_def, state, batch, step: int) -> float:

@@ -27,6 +27,7 @@ def base(model: dict, *, num_epochs: float, batch_size: int = 256, learning_rate
   c.eval_batch_size = 1000
   c.checkpoint_every = c.num_steps // 5
   c.keep_checkpoints = 2
+  c.skip_nonfinite = False  # True: an update with a non-finite loss or gradient is skipped (and counted), not fatal.
   c.wandb = dict(mode="offline", project="lowrank-nm", name="")
   return c
 

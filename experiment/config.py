@@ -1,7 +1,6 @@
 """Config handling shared by train.py and eval.py: the command line, checks
 that run before anything is compiled or written, and the saved config."""
 
-import json
 import os
 import pathlib
 import sys
@@ -68,13 +67,3 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
   _require(config.eval_batch_size % devices == 0, "eval_batch_size",
            f"={config.eval_batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
 
-
-def save(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-
-def load(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise ConfigError(f"{path} does not exist; is --workdir the folder of a train.py run?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))

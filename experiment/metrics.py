@@ -8,6 +8,8 @@ import uuid
 
 import tqdm
 
+from experiment.workdir import write_atomic
+
 
 class MetricsWriter:
 
@@ -15,9 +17,10 @@ class MetricsWriter:
     self.path, self.enabled, self.run = workdir / "metrics.jsonl", enabled, None
     if not enabled:
       return
-    if self.path.exists():  # Drop rows a killed run logged after its last checkpoint.
-      rows = [r for r in read(self.path) if r["step"] <= resume_step]
-      self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if self.path.exists():  # Drop rows a killed run logged after its last checkpoint (and a line it cut short);
+      rows = read(self.path, complete_only=True) if resume_step else []  # a fresh start logs step 0 again.
+      rows = [r for r in rows if r["step"] <= resume_step]
+      write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
     if config.wandb.mode != "disabled":
       import wandb  # Imported only when used: it takes a few seconds.
       self.run = wandb.init(project=config.wandb.project, name=config.wandb.name or workdir.name, dir=workdir,
@@ -39,15 +42,19 @@ class MetricsWriter:
       self.run.finish()
 
 
-def read(path: pathlib.Path) -> list[dict]:
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read(path: pathlib.Path, *, complete_only: bool = False) -> list[dict]:
+  """The rows of a metrics.jsonl; `complete_only`: skip a last line a kill cut short."""
+  lines = path.read_text().split("\n")
+  if complete_only:
+    lines = lines[:-1]  # After the last newline: empty, or a row being written when the process died.
+  return [json.loads(line) for line in lines if line.strip()]
 
 
 def _wandb_id(workdir: pathlib.Path) -> str:
   """A run id kept in the workdir, so a resumed run continues the same wandb run."""
   path = workdir / "wandb_id"
   if not path.exists():
-    path.write_text(uuid.uuid4().hex[:12])
+    write_atomic(path, uuid.uuid4().hex[:12])
   return path.read_text().strip()
 
 

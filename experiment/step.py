@@ -29,21 +29,29 @@ def _gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: d
   return (loss, logits, extra), grads
 
 
-def make_train_step(method: method_lib.Method, seed: int, replicated: NamedSharding):
+def make_train_step(method: method_lib.Method, seed: int, replicated: NamedSharding, skip_nonfinite: bool = False):
   """One jitted step: graph definitions (static), (model state, optimizer state), batch, step -> new states, metrics.
 
   A new graph definition (a shrink, an N:M frame change) compiles once; every other step reuses the compilation.
+  `skip_nonfinite`: a step with a non-finite metric (loss, gradient norm, norm of the updated weights, ...)
+  returns the states it was given, and the metric `train/skipped` = 1.
   """
 
   def train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, state: tuple[nnx.State, nnx.State], batch: dict,
                  step: jax.Array):
+    given = jax.tree.map(lambda x: x, state)  # Its own Variables: `merge` shares those of `state`, which update mutates.
     model, optimizer = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
     (loss, logits, extra), grads = _gradients(method, seed, model, batch, step)
     optimizer.update(model, grads)
     step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                     "train/grad_norm": optax.tree.norm(grads),
                     "train/param_norm": optax.tree.norm(nnx.state(model, nnx.Param)), **extra}
-    return (nnx.state(model), nnx.state(optimizer)), step_metrics
+    new_state = (nnx.state(model), nnx.state(optimizer))
+    if skip_nonfinite:
+      finite = jnp.all(jnp.isfinite(jnp.stack(list(step_metrics.values()))))  # Loss, gradient and new weight norms.
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, given)
+      step_metrics["train/skipped"] = 1.0 - finite
+    return new_state, step_metrics
 
   # Outputs keep the inputs' sharding, so the next call hits the same compilation.
   return jax.jit(train_step, static_argnums=(0, 1), donate_argnums=2, out_shardings=replicated)

@@ -2,15 +2,19 @@
 touch the network or the real data), prepared once as a TFDS dataset, and a
 helper that runs the real entry points in a subprocess."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from data import fashion_mnist, idx
+from experiment import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -52,6 +56,26 @@ def run(script: str, *args: str, overrides: dict | None = None, env: dict | None
   if check and result.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result
+
+
+def saved_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
+  """Every array of checkpoint `step` (parameters, optimizer state, method variables), by path."""
+  tree = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def assert_same_run(expected: pathlib.Path, actual: pathlib.Path, step: int) -> None:
+  """Bit-identical runs: every array of checkpoint `step`, its method and data-iterator state, and every logged
+  value except the compilation count of the process that logged it."""
+  a, b = saved_state(expected, step), saved_state(actual, step)
+  assert a.keys() == b.keys() and len(a) > 4
+  for path in a:
+    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+  for item in ("method", "data"):
+    read = lambda workdir: json.loads((workdir / "checkpoints" / str(step) / item / "metadata").read_text())
+    assert read(expected) == read(actual), item
+  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith("compiles/")} for r in rows]
+  assert per_run(metrics.read(expected / "metrics.jsonl")) == per_run(metrics.read(actual / "metrics.jsonl"))
 
 
 def snapshot(folder: pathlib.Path) -> dict:

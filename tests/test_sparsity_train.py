@@ -15,8 +15,7 @@ from configs import fmnist_mlp_nm
 from experiment import build, metrics
 from experiment import method as method_lib
 from sparsity.training import nm_layers
-from tests.conftest import assert_one_line_error, run, snapshot
-from tests.test_train import _leaves, _params  # The same comparison as the dense resume test.
+from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot
 from experiment.step import make_train_step
 
 VIT_SDGF = "configs/fmnist_vit_nm.py:smoke,method=sdgf,n=1,m=8"
@@ -67,12 +66,8 @@ def test_resume_mid_frame_is_bit_identical(tmp_path, tiny_data):
     shutil.rmtree(resumed / "checkpoints" / str(step))
   out = run("train.py", "--config", config, "--workdir", str(resumed), overrides=overrides)
   assert "Resumed from step 7" in out.stderr
-  a, b = _leaves(_params(straight, 20)), _leaves(_params(resumed, 20))
-  assert a.keys() == b.keys() and any("logged_mask" in k for k in a)
-  for path in a:
-    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
-  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith("compiles/")} for r in rows]
-  assert per_run(metrics.read(straight / "metrics.jsonl")) == per_run(metrics.read(resumed / "metrics.jsonl"))
+  assert any("logged_mask" in k for k in saved_state(straight, 20))
+  assert_same_run(straight, resumed, 20)
 
 
 def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask():

@@ -4,11 +4,10 @@ import json
 import shutil
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from experiment import metrics
-from tests.conftest import run
+from tests.conftest import assert_same_run, run, saved_state
 
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 
@@ -37,11 +36,6 @@ def test_smoke_run_writes_metrics_checkpoints_plots_and_evaluates(tmp_path, tiny
   assert missing.returncode != 0 and "available steps: [10, 20]" in missing.stderr
 
 
-def _params(workdir, step):
-  restored = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
-  return restored
-
-
 MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at step 5 (and later), before the kill.
 
@@ -65,19 +59,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   out = run("train.py", "--config", config, "--workdir", str(resumed), overrides=overrides)
   assert "Resumed from step 10" in out.stderr
 
-  a, b = _params(straight, 20), _params(resumed, 20)
-  leaves_a, leaves_b = _leaves(a), _leaves(b)
-  assert leaves_a.keys() == leaves_b.keys() and len(leaves_a) > 4
-  for path in leaves_a:
-    np.testing.assert_array_equal(leaves_a[path], leaves_b[path], err_msg=path)
-  # Every logged value is identical, except the compilation count of the process that logged it.
-  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith("compiles/")} for r in rows]
-  assert per_run(metrics.read(straight / "metrics.jsonl")) == per_run(metrics.read(resumed / "metrics.jsonl"))
-
-
-def _leaves(tree) -> dict[str, np.ndarray]:
-  import jax
-  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  assert_same_run(straight, resumed, 20)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
@@ -92,7 +74,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
   bad_step = int(error.split("at step ")[1].split(";")[0])
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and max(saved) < bad_step
-  for leaf in _leaves(_params(workdir, max(saved))).values():
+  for leaf in saved_state(workdir, max(saved)).values():
     assert np.all(np.isfinite(leaf))
   run("eval.py", "--workdir", str(workdir))  # The last good checkpoint still evaluates.
   assert np.isfinite(json.loads((workdir / "eval.json").read_text())["eval/loss"])

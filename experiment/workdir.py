@@ -1,0 +1,73 @@
+"""The run folder: one train.py at a time (a lock), the config it was started
+with (and the refusal to continue it with another), and writes a kill cannot
+leave half done."""
+
+import datetime
+import fcntl
+import json
+import os
+import pathlib
+import socket
+
+import ml_collections
+
+from experiment.config import ConfigError
+
+LOCK_FILE = "train.lock"
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """`path` holds either its old content or `text`, whenever the process dies."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  with tmp.open("w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def lock(workdir: pathlib.Path) -> None:
+  """Takes the workdir's lock for the life of this process (its descriptor is never closed; the OS drops the lock
+  when the process ends, however it ends); raises ConfigError if another process holds it."""
+  fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    os.close(fd)
+    raise ConfigError(f"--workdir {workdir} is in use by another train.py ({holder}); wait for it to finish, "
+                      f"stop it, or pass another --workdir") from None
+  os.ftruncate(fd, 0)
+  os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}".encode())
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise ConfigError(f"{path} does not exist; is --workdir the folder of a train.py run?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def config_changes(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[str]:
+  """`field: saved -> requested` for each field where `config` differs from the workdir's config.json."""
+  path = workdir / "config.json"
+  if not path.is_file():
+    return []
+  saved = _flat(json.loads(path.read_text()))
+  requested = _flat(json.loads(config.to_json_best_effort()))
+  return [f"{k}: {saved.get(k, '(absent)')!r} -> {requested.get(k, '(absent)')!r}"
+          for k in sorted(saved.keys() | requested.keys()) if saved.get(k, "(absent)") != requested.get(k, "(absent)")]
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out |= _flat(value, f"{prefix}{key}.")
+    else:
+      out[prefix + key] = value
+  return out

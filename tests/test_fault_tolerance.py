@@ -1,0 +1,278 @@
+"""Fault tolerance through train.py: SIGKILL at random moments (also while a
+checkpoint is being written) and restarts until the run finishes, compared bit
+for bit with an uninterrupted run; SIGTERM; damaged checkpoints; a changed
+config; two processes on one workdir; corrupt data files; non-finite updates.
+
+The default suite kills each run 4 times; `pytest -m slow -k kills` kills
+dense, Maestro (across shrink events) and SDGF with MDGF within its frames
+(across frame changes) 20 times each.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from configs import fmnist_mlp_dense
+from data import idx
+from experiment import build, metrics
+from experiment import method as method_lib
+from experiment.step import make_train_step
+from tests.conftest import ROOT, assert_one_line_error, assert_same_run, run, saved_state, snapshot, write_idx_set
+
+STEPS = 60
+LOOP = {"num_steps": STEPS, "checkpoint_every": 7, "log_every": 5, "eval_every": 30}  # Checkpoints off the log grid.
+RUNS = {
+    "dense": ("configs/fmnist_mlp_dense.py:smoke", {}),
+    "maestro": ("configs/fmnist_mlp_maestro.py:smoke", {"lowrank.shrink_every": 20, "lowrank.shrink_eps": 0.5}),
+    "sdgf": ("configs/fmnist_mlp_nm.py:smoke,method=sdgf,n=1,m=8", {"nm.sdgf_decay": True}),  # Frames of 15 steps.
+}
+
+
+def command(name: str, workdir: pathlib.Path, tiny_data: dict, keep: int = 2) -> list[str]:
+  """`keep=1` (the kill tests): the newest whole checkpoint is the only one, so losing it would show."""
+  config, extra = RUNS[name]
+  overrides = {**tiny_data, **LOOP, "keep_checkpoints": keep, **extra}
+  return [sys.executable, "train.py", "--config", config, "--workdir", str(workdir),
+          *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory, tiny_data):
+  """The uninterrupted runs, made once (on first use)."""
+  made = {}
+
+  def get(name: str) -> pathlib.Path:
+    if name not in made:
+      made[name] = tmp_path_factory.mktemp("straight") / name
+      subprocess.run(command(name, made[name], tiny_data), cwd=ROOT, check=True, capture_output=True)
+    return made[name]
+
+  return get
+
+
+@dataclasses.dataclass
+class Kill:
+  """When to SIGKILL: `after` seconds past a moment, the moment being `start` (the process started: imports,
+  restore, compilation), `training` (its first logged row) or `saving` (a checkpoint write in progress)."""
+  moment: str
+  after: float
+
+  @classmethod
+  def random(cls, rng: random.Random) -> "Kill":
+    moment = rng.choice(["start", "training", "saving", "saving"])
+    return cls(moment, {"start": rng.uniform(0.5, 6), "training": rng.uniform(0, 0.5), "saving": 0}[moment])
+
+
+def _train_rows(workdir: pathlib.Path) -> int:
+  path = workdir / "metrics.jsonl"
+  return path.read_text().count('"train/loss"') if path.exists() else 0
+
+
+def _reached(moment: str, workdir: pathlib.Path, rows_before: int) -> bool:
+  if moment == "start":
+    return True
+  if moment == "training":
+    return _train_rows(workdir) > rows_before
+  folder = workdir / "checkpoints"
+  return folder.is_dir() and any("tmp" in name for name in os.listdir(folder))
+
+
+def run_with_kills(cmd: list[str], workdir: pathlib.Path, kills: list[Kill]) -> list[str]:
+  """Runs `cmd`, SIGKILLs it at each of `kills` in turn (restarting it after each), then lets it finish.
+  Returns a line per attempt: the kill, where the restarted process resumed, and its warnings."""
+  log = []
+  for kill in [*kills, None]:
+    rows_before = _train_rows(workdir)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started, killed = time.monotonic(), False
+    while kill is not None and proc.poll() is None and time.monotonic() - started < 300:
+      if _reached(kill.moment, workdir, rows_before):
+        time.sleep(kill.after)
+        proc.kill()
+        killed = True
+        break
+      time.sleep(0.0005)
+    stderr = proc.communicate(timeout=300)[1]
+    resumed = [line for line in stderr.splitlines() if line.startswith(("Resumed", "warning"))]
+    log.append(f"{kill if killed else 'ran to the end'}: {' | '.join(resumed) or 'started from scratch'}")
+    if kill is None or not killed:
+      assert proc.returncode == 0, stderr[-3000:]
+      if kill is None or (workdir / "checkpoints" / str(STEPS)).exists():
+        return log
+  return log
+
+
+def resumed_steps(log: list[str]) -> list[int]:
+  return [int(line.split("Resumed from step ")[1].split()[0]) if "Resumed from step" in line else 0 for line in log]
+
+
+def check_kills(name: str, kills: list[Kill], straight: pathlib.Path, workdir: pathlib.Path, tiny_data) -> list[str]:
+  log = run_with_kills(command(name, workdir, tiny_data, keep=1), workdir, kills)
+  report = "\n".join(log)
+  steps = resumed_steps(log)
+  assert steps == sorted(steps), f"a restart went back past a whole checkpoint:\n{report}"
+  assert_same_run(straight, workdir, STEPS)
+  return log
+
+
+KILLS = [Kill("start", 2.0), Kill("saving", 0), Kill("training", 0.2), Kill("saving", 0)]
+
+
+@pytest.mark.parametrize("name", ["dense", "sdgf"])
+def test_runs_killed_four_times_end_bit_identical(name, straight_runs, tiny_data, tmp_path):
+  log = check_kills(name, KILLS, straight_runs(name), tmp_path / "killed", tiny_data)
+  assert sum("Kill(moment='saving'" in line for line in log) == 2, "\n".join(log)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_runs_killed_twenty_times_end_bit_identical(name, straight_runs, tiny_data, tmp_path):
+  rng = random.Random(f"kills-{name}")
+  log = check_kills(name, [Kill.random(rng) for _ in range(20)], straight_runs(name), tmp_path / "killed", tiny_data)
+  print(f"\n{name}:\n" + "\n".join(log))
+  assert sum(line.startswith("Kill(") for line in log) >= 20
+
+
+def test_sigterm_saves_and_exits_cleanly_and_the_resumed_run_is_identical(straight_runs, tiny_data, tmp_path):
+  workdir = tmp_path / "preempted"
+  cmd = command("dense", workdir, tiny_data)
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  while not _reached("training", workdir, 0):
+    assert proc.poll() is None
+    time.sleep(0.001)
+  proc.send_signal(signal.SIGTERM)
+  stderr = proc.communicate(timeout=120)[1]
+  assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+  stopped = int(stderr.split("Stopped by SIGTERM after step ")[1].split(",")[0])
+  assert 5 <= stopped < STEPS and (workdir / "checkpoints" / str(stopped)).is_dir()
+  resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+  assert f"Resumed from step {stopped}" in resumed.stderr
+  assert_same_run(straight_runs("dense"), workdir, STEPS)
+
+
+def _truncate_largest(folder: pathlib.Path) -> None:
+  largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  os.truncate(largest, largest.stat().st_size // 2)
+
+
+DAMAGE = {
+    "truncated array file": lambda ckpt, manifests: _truncate_largest(ckpt / "state"),
+    "deleted item": lambda ckpt, manifests: shutil.rmtree(ckpt / "window"),
+    "no manifest (killed while saving)": lambda ckpt, manifests: (manifests / f"{STEPS}.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_whole_one(damage, straight_runs, tiny_data, tmp_path):
+  straight = straight_runs("dense")  # Kept checkpoints 56 and 60.
+  workdir = tmp_path / "damaged"
+  shutil.copytree(straight, workdir)
+  DAMAGE[damage](workdir / "checkpoints" / str(STEPS), workdir / "checkpoint_manifests")
+  result = subprocess.run(command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  warning = next(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+  assert f"checkpoint step {STEPS} " in warning and "damaged" in warning
+  assert "Resumed from step 56" in result.stderr
+  assert (workdir / "damaged_checkpoints" / str(STEPS)).is_dir()  # Set aside, not deleted.
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["56", str(STEPS)]
+  assert_same_run(straight, workdir, STEPS)
+
+
+def test_a_changed_config_is_refused_listing_the_fields_unless_allowed(straight_runs, tiny_data, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(straight_runs("dense"), workdir)
+  before = snapshot(workdir)
+  cmd = command("dense", workdir, tiny_data)
+  refused = subprocess.run(cmd + ["--config.num_steps=70", "--config.optimizer.learning_rate=0.01"], cwd=ROOT,
+                           capture_output=True, text=True)
+  assert_one_line_error(refused, "num_steps: 60 -> 70")
+  assert "optimizer.learning_rate: 0.001 -> 0.01" in refused.stderr and "--allow_config_change" in refused.stderr
+  assert snapshot(workdir) == before
+
+  allowed = subprocess.run(cmd + ["--config.num_steps=70", "--allow_config_change"], cwd=ROOT, capture_output=True,
+                           text=True)
+  assert allowed.returncode == 0, allowed.stderr[-3000:]
+  assert "Resumed from step 60" in allowed.stderr
+  assert json.loads((workdir / "config.json").read_text())["num_steps"] == 70
+  assert json.loads((workdir / "config.before_step_60.json").read_text())["num_steps"] == 60
+  assert metrics.read(workdir / "metrics.jsonl")[-1]["step"] == 70
+
+
+def test_a_second_process_on_the_same_workdir_is_refused(tiny_data, tmp_path):
+  workdir = tmp_path / "busy"
+  cmd = command("dense", workdir, tiny_data)
+  first = subprocess.Popen(cmd + ["--config.num_steps=100000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+  while not _reached("training", workdir, 0):
+    assert first.poll() is None
+    time.sleep(0.01)
+  second = subprocess.run(cmd + ["--config.num_steps=100000"], cwd=ROOT, capture_output=True, text=True)
+  assert_one_line_error(second, "in use by another train.py")
+  assert f"pid {first.pid}" in second.stderr
+  assert first.poll() is None  # The first run goes on.
+  first.send_signal(signal.SIGTERM)
+  assert first.wait(timeout=120) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong magic number"])
+def test_corrupt_data_files_are_named(damage, tmp_path, existing_workdir):
+  folder = write_idx_set(tmp_path / "idx")
+  path = folder / idx.FILES["train_images"]
+  if damage == "truncated":
+    os.truncate(path, path.stat().st_size // 2)
+  else:
+    idx.write_idx(path, np.zeros(10, np.uint8))  # A labels file (1-d) where the images (3-d) belong.
+  before = snapshot(existing_workdir)
+  result = run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(existing_workdir),
+               overrides={"dataset.idx_dir": str(folder), "dataset.data_dir": str(tmp_path / "tfds")}, check=False)
+  assert_one_line_error(result, str(path))
+  assert snapshot(existing_workdir) == before
+
+
+def test_skip_nonfinite_keeps_the_state_of_a_nan_batch_and_counts_it():
+  config = fmnist_mlp_dense.get_config("smoke")
+  model = build.model(config)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  mesh = build.data_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  step = make_train_step(method_lib.Method(), 0, replicated, skip_nonfinite=True)
+  rng = np.random.default_rng(0)
+  good = {"image": rng.random((32, 28, 28, 1), np.float32), "label": rng.integers(0, 10, 32).astype(np.int32)}
+  bad = {**good, "image": np.where(np.arange(32)[:, None, None, None] == 3, np.nan, good["image"]).astype(np.float32)}
+  state = jax.device_put((model_state, opt_state), replicated)
+  before = jax.tree.map(np.asarray, state)
+  state, out = step(model_def, opt_def, state, bad, jnp.int32(1))
+  assert out["train/skipped"] == 1 and not np.isfinite(out["train/loss"])
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)  # Params, moments, count.
+  for i in (2, 3):  # Update 1 runs at learning rate 0 (warm-up).
+    state, out = step(model_def, opt_def, state, good, jnp.int32(i))
+    assert out["train/skipped"] == 0 and np.isfinite(out["train/loss"])
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.tree.map(np.asarray, state[0]), before[0])
+  assert all(jax.tree.leaves(moved))
+
+
+def test_skip_nonfinite_trains_through_and_logs_the_skips(tiny_data, tmp_path):
+  # As in test_train's non-finite test: step 1 runs at learning rate 0, then the weights blow up.
+  overrides = {**tiny_data, "optimizer.name": "sgd", "optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0,
+               "optimizer.warmup_steps": 5, "skip_nonfinite": True}
+  workdir = tmp_path / "run"
+  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(workdir), overrides=overrides)
+  rows = [r for r in metrics.read(workdir / "metrics.jsonl") if "train/skipped_updates" in r]
+  skipped = sum(r["train/skipped_updates"] for r in rows)
+  assert 0 < skipped < 20 and rows[-1]["train/skipped_updates"] == 5  # Once diverged, every update is skipped.
+  assert all(np.isfinite(leaf).all() for leaf in saved_state(workdir, 20).values())
