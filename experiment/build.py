@@ -33,7 +33,10 @@ def datasets(config: ml_collections.ConfigDict):
   """(train, test) random-access sources; prepares the TFDS dataset on first use."""
   load = data.DATASETS[config.dataset.name]
   kwargs = dict(data_dir=config.dataset.data_dir or None, idx_dir=config.dataset.idx_dir or None)
-  return load("train", **kwargs), load("test", **kwargs)
+  train, test = load("train", **kwargs), load("test", **kwargs)
+  if config.batch_size > len(train):
+    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train)} examples of the train split")
+  return train, test
 
 
 def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
@@ -51,7 +54,8 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
   o = config.optimizer
   if o.schedule == "constant":
     return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else optax.constant_schedule(o.learning_rate)
-  return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1), config.num_steps)
+  warmup = max(o.warmup_steps, 1)  # A warm-up as long as the run: it ends before the peak, with no decay.
+  return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(config.num_steps, warmup + 1))
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -23,14 +23,14 @@ from experiment.workdir import write_atomic
 
 
 class Checkpoints:
-  """`keep`: how many whole checkpoints training keeps; None opens the folder read-only (eval.py)."""
+  """`keep`: how many whole checkpoints training keeps; None: only to read (eval.py; it never saves)."""
 
   def __init__(self, workdir: pathlib.Path, keep: int | None = None):
     self.keep, self.workdir = keep, workdir
     self.manifests = workdir / "checkpoint_manifests"
     self.manager = ocp.CheckpointManager(
         (workdir / "checkpoints").absolute(), item_names=("state", "data", "method", "window"),
-        options=ocp.CheckpointManagerOptions(create=keep is not None, read_only=keep is None,
+        options=ocp.CheckpointManagerOptions(create=keep is not None,
                                              cleanup_tmp_directories=keep is not None,  # Of a save a kill cut short.
                                              enable_async_checkpointing=False))
 

@@ -1,6 +1,7 @@
 """Config handling shared by train.py and eval.py: the command line, checks
 that run before anything is compiled or written, and the saved config."""
 
+import math
 import os
 import pathlib
 import sys
@@ -56,11 +57,20 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
     for part in field.split("."):
       value = value[part]
     _require(value in allowed, field, f"={value!r} is unknown; choose one of {sorted(allowed)}")
-  for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size"):
+  for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",
+                "keep_checkpoints"):
     _require(isinstance(config[field], int) and config[field] > 0, field,
              f"={config[field]!r} must be a positive integer; set --config.{field}=<n>")
-  _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
-           f"={config.optimizer.learning_rate!r} must be positive; set --config.optimizer.learning_rate=1e-3")
+  _require(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", f"={config.seed!r} must be in [0, 2**31)")
+  _require(isinstance(config.dataset.eval_limit, int) and config.dataset.eval_limit >= 0, "dataset.eval_limit",
+           f"={config.dataset.eval_limit!r} must be >= 0 (0: the whole test split)")
+  _require(isinstance(config.optimizer.warmup_steps, int) and config.optimizer.warmup_steps >= 0,
+           "optimizer.warmup_steps", f"={config.optimizer.warmup_steps!r} must be >= 0")
+  _require(0 < config.optimizer.learning_rate < math.inf, "optimizer.learning_rate",
+           f"={config.optimizer.learning_rate!r} must be positive and finite; set --config.optimizer.learning_rate=1e-3")
+  for field in ("weight_decay", "grad_clip"):
+    value = config.optimizer[field]
+    _require(0 <= value < math.inf, f"optimizer.{field}", f"={value!r} must be >= 0 and finite (0: off)")
   devices = jax.device_count()
   _require(config.batch_size % devices == 0, "batch_size",
            f"={config.batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")

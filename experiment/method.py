@@ -12,6 +12,8 @@ import jax
 import ml_collections
 from flax import nnx
 
+from experiment.config import ConfigError
+
 # forward(model, soft_targets or None) -> (loss, logits)
 Forward = Callable[[nnx.Module, jax.Array | None], tuple[jax.Array, jax.Array]]
 
@@ -50,6 +52,10 @@ class Method:
 
 
 def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Method:
+  kind = config.layers.type
+  if kind in ("lowrank", "nm") and kind not in config:  # The method's settings live in config.<layer type>.
+    raise ConfigError(f"config.layers.type={kind!r} needs a config.{kind} section, which this config has not; "
+                      f"start from one that has (configs/*_{'maestro' if kind == 'lowrank' else 'nm'}.py)")
   if config.layers.type == "lowrank":
     from lowrank.maestro import Maestro
     return Maestro(config)

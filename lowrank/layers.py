@@ -41,6 +41,8 @@ def default_rank(name: str, fan_in: int, out: int, rank_ratio: float, ranks: dic
   """`ranks[name]` if given, else ceil(rank_ratio · min(fan_in, out)), at least 1."""
   if ranks and name in ranks:
     return int(ranks[name])
+  if not 0 < rank_ratio <= 1:
+    raise ValueError(f"config.layers.rank_ratio={rank_ratio!r} must be in (0, 1]")
   return max(1, math.ceil(rank_ratio * min(fan_in, out) - 1e-9))
 
 

@@ -105,8 +105,17 @@ class Maestro(Method):
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.c = config.lowrank
-    if self.c.sampler not in SAMPLERS:
-      raise ConfigError(f"config.lowrank.sampler={self.c.sampler!r} is unknown; choose one of {list(SAMPLERS)}")
+    checks = {
+        "sampler": (self.c.sampler in SAMPLERS, f"is unknown; choose one of {list(SAMPLERS)}"),
+        "fixed_ratio": (0 < self.c.fixed_ratio <= 1, "must be in (0, 1]"),
+        "group_lasso": (0 <= self.c.group_lasso < math.inf, "must be >= 0 and finite"),
+        "shrink_every": (self.c.shrink_every >= 0, "must be >= 0 (0: never shrink)"),
+        "shrink_eps": (0 <= self.c.shrink_eps < math.inf, "must be >= 0 and finite"),
+        "dense_warmup_steps": (self.c.dense_warmup_steps >= 0, "must be >= 0"),
+    }
+    for field, (ok, requirement) in checks.items():
+      if not ok:
+        raise ConfigError(f"config.lowrank.{field}={self.c[field]!r} {requirement}")
 
   def loss(self, model, step, key, forward):
     current = list(ranks(model).values())

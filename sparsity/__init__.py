@@ -25,7 +25,8 @@ def pattern_for(name: str, n: int, m: int, patterns: dict | None) -> tuple[int, 
 
 def _checked(name: str, n, m) -> tuple[int, int]:
   if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
-    raise ValueError(f"config.layers: layer {name!r} has N:M = {n}:{m}; need integers 0 < N <= M")
+    raise ValueError(f"config.layers.n / config.layers.m (or config.layers.patterns): layer {name!r} has N:M = {n}:{m}; "
+                     f"need integers 0 < N <= M")
   return n, m
 
 

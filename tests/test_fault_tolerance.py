@@ -30,11 +30,12 @@ from configs import fmnist_mlp_dense
 from data import idx
 from experiment import build, metrics
 from experiment import method as method_lib
+from experiment.checkpoint import Checkpoints
 from experiment.step import make_train_step
 from tests.conftest import ROOT, assert_one_line_error, assert_same_run, run, saved_state, snapshot, write_idx_set
 
 STEPS = 60
-LOOP = {"num_steps": STEPS, "checkpoint_every": 7, "log_every": 5, "eval_every": 30}  # Checkpoints off the log grid.
+LOOP = {"checkpoint_every": 7, "log_every": 5, "eval_every": 30}  # Checkpoints off the log grid.
 RUNS = {
     "dense": ("configs/fmnist_mlp_dense.py:smoke", {}),
     "maestro": ("configs/fmnist_mlp_maestro.py:smoke", {"lowrank.shrink_every": 20, "lowrank.shrink_eps": 0.5}),
@@ -42,10 +43,10 @@ RUNS = {
 }
 
 
-def command(name: str, workdir: pathlib.Path, tiny_data: dict, keep: int = 2) -> list[str]:
+def command(name: str, workdir: pathlib.Path, tiny_data: dict, keep: int = 2, steps: int = STEPS) -> list[str]:
   """`keep=1` (the kill tests): the newest whole checkpoint is the only one, so losing it would show."""
   config, extra = RUNS[name]
-  overrides = {**tiny_data, **LOOP, "keep_checkpoints": keep, **extra}
+  overrides = {**tiny_data, **LOOP, "num_steps": steps, "keep_checkpoints": keep, **extra}
   return [sys.executable, "train.py", "--config", config, "--workdir", str(workdir),
           *(f"--config.{k}={v}" for k, v in overrides.items())]
 
@@ -55,11 +56,12 @@ def straight_runs(tmp_path_factory, tiny_data):
   """The uninterrupted runs, made once (on first use)."""
   made = {}
 
-  def get(name: str) -> pathlib.Path:
-    if name not in made:
-      made[name] = tmp_path_factory.mktemp("straight") / name
-      subprocess.run(command(name, made[name], tiny_data), cwd=ROOT, check=True, capture_output=True)
-    return made[name]
+  def get(name: str, steps: int = STEPS) -> pathlib.Path:
+    if (name, steps) not in made:
+      made[name, steps] = tmp_path_factory.mktemp("straight") / name
+      subprocess.run(command(name, made[name, steps], tiny_data, steps=steps), cwd=ROOT, check=True,
+                     capture_output=True)
+    return made[name, steps]
 
   return get
 
@@ -67,14 +69,16 @@ def straight_runs(tmp_path_factory, tiny_data):
 @dataclasses.dataclass
 class Kill:
   """When to SIGKILL: `after` seconds past a moment, the moment being `start` (the process started: imports,
-  restore, compilation), `training` (its first logged row) or `saving` (a checkpoint write in progress)."""
+  restore, compilation), `training` (its first logged row) or `saving` (a checkpoint write began)."""
   moment: str
   after: float
 
   @classmethod
   def random(cls, rng: random.Random) -> "Kill":
     moment = rng.choice(["start", "training", "saving", "saving"])
-    return cls(moment, {"start": rng.uniform(0.5, 6), "training": rng.uniform(0, 0.5), "saving": 0}[moment])
+    # A save takes about 0.1 s here, then the manifest and the deletion of the old checkpoint follow.
+    after = {"start": rng.uniform(0.5, 6), "training": rng.uniform(0, 0.5), "saving": rng.uniform(0, 0.15)}
+    return cls(moment, after[moment])
 
 
 def _train_rows(workdir: pathlib.Path) -> int:
@@ -82,59 +86,68 @@ def _train_rows(workdir: pathlib.Path) -> int:
   return path.read_text().count('"train/loss"') if path.exists() else 0
 
 
-def _reached(moment: str, workdir: pathlib.Path, rows_before: int) -> bool:
-  if moment == "start":
-    return True
-  if moment == "training":
-    return _train_rows(workdir) > rows_before
+def _saves(workdir: pathlib.Path) -> set[str]:
+  """Checkpoint writes in progress (and any a kill left behind, which the next train.py cleans up)."""
   folder = workdir / "checkpoints"
-  return folder.is_dir() and any("tmp" in name for name in os.listdir(folder))
+  return {name for name in os.listdir(folder) if "tmp" in name} if folder.is_dir() else set()
 
 
-def run_with_kills(cmd: list[str], workdir: pathlib.Path, kills: list[Kill]) -> list[str]:
-  """Runs `cmd`, SIGKILLs it at each of `kills` in turn (restarting it after each), then lets it finish.
-  Returns a line per attempt: the kill, where the restarted process resumed, and its warnings."""
-  log = []
+def _whole_checkpoint(workdir: pathlib.Path) -> int:
+  """The step a restart would resume from (0: none), read without changing anything."""
+  if not (workdir / "checkpoints").is_dir():
+    return 0
+  return Checkpoints(workdir).resume_step(set_aside=False)[0] or 0
+
+
+def run_with_kills(cmd: list[str], workdir: pathlib.Path, kills: list[Kill], steps: int) -> list[str]:
+  """Runs `cmd`, SIGKILLs it at each of `kills` in turn (restarting it after each) until its last checkpoint is
+  whole, then lets it finish. Asserts that no kill loses a whole checkpoint. Returns a line per attempt: the
+  kill, the process's resume and warning lines (if it got that far), and the checkpoint a restart resumes from."""
+  log, whole = [], 0
   for kill in [*kills, None]:
-    rows_before = _train_rows(workdir)
+    if whole == steps:
+      kill = None
+    rows_before, saves = _train_rows(workdir), [_saves(workdir)]
+
+    def new_save() -> bool:  # A write that began since the last look (a killed one's leftover has the same name).
+      saves.append(_saves(workdir))
+      return bool(saves[-1] - saves[-2])
+
+    reached = {"start": lambda: True, "training": lambda: _train_rows(workdir) > rows_before, "saving": new_save}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started, killed = time.monotonic(), False
     while kill is not None and proc.poll() is None and time.monotonic() - started < 300:
-      if _reached(kill.moment, workdir, rows_before):
+      if reached[kill.moment]():
         time.sleep(kill.after)
         proc.kill()
         killed = True
         break
       time.sleep(0.0005)
     stderr = proc.communicate(timeout=300)[1]
-    resumed = [line for line in stderr.splitlines() if line.startswith(("Resumed", "warning"))]
-    log.append(f"{kill if killed else 'ran to the end'}: {' | '.join(resumed) or 'started from scratch'}")
+    said = [line for line in stderr.splitlines() if line.startswith(("Resumed", "warning"))]
     if kill is None or not killed:
       assert proc.returncode == 0, stderr[-3000:]
-      if kill is None or (workdir / "checkpoints" / str(STEPS)).exists():
-        return log
+    now = _whole_checkpoint(workdir)
+    log.append(f"{kill if killed else 'ran to the end'}: {' | '.join(said) or '-'} -> whole checkpoint: {now}")
+    assert now >= whole, "a kill lost the newest whole checkpoint:\n" + "\n".join(log)
+    whole = now
+    if kill is None:
+      return log
+
+
+def check_kills(name: str, kills: list[Kill], straight_runs, workdir: pathlib.Path, tiny_data,
+                steps: int = STEPS) -> list[str]:
+  log = run_with_kills(command(name, workdir, tiny_data, keep=1, steps=steps), workdir, kills, steps)
+  assert_same_run(straight_runs(name, steps), workdir, steps)
   return log
 
 
-def resumed_steps(log: list[str]) -> list[int]:
-  return [int(line.split("Resumed from step ")[1].split()[0]) if "Resumed from step" in line else 0 for line in log]
-
-
-def check_kills(name: str, kills: list[Kill], straight: pathlib.Path, workdir: pathlib.Path, tiny_data) -> list[str]:
-  log = run_with_kills(command(name, workdir, tiny_data, keep=1), workdir, kills)
-  report = "\n".join(log)
-  steps = resumed_steps(log)
-  assert steps == sorted(steps), f"a restart went back past a whole checkpoint:\n{report}"
-  assert_same_run(straight, workdir, STEPS)
-  return log
-
-
-KILLS = [Kill("start", 2.0), Kill("saving", 0), Kill("training", 0.2), Kill("saving", 0)]
+KILLS = [Kill("start", 2.0), Kill("saving", 0), Kill("training", 0.2), Kill("saving", 0.05)]
 
 
 @pytest.mark.parametrize("name", ["dense", "sdgf"])
 def test_runs_killed_four_times_end_bit_identical(name, straight_runs, tiny_data, tmp_path):
-  log = check_kills(name, KILLS, straight_runs(name), tmp_path / "killed", tiny_data)
+  log = check_kills(name, KILLS, straight_runs, tmp_path / "killed", tiny_data)
   assert sum("Kill(moment='saving'" in line for line in log) == 2, "\n".join(log)
 
 
@@ -142,7 +155,8 @@ def test_runs_killed_four_times_end_bit_identical(name, straight_runs, tiny_data
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_runs_killed_twenty_times_end_bit_identical(name, straight_runs, tiny_data, tmp_path):
   rng = random.Random(f"kills-{name}")
-  log = check_kills(name, [Kill.random(rng) for _ in range(20)], straight_runs(name), tmp_path / "killed", tiny_data)
+  kills = [Kill.random(rng) for _ in range(25)]
+  log = check_kills(name, kills, straight_runs, tmp_path / "killed", tiny_data, steps=200)
   print(f"\n{name}:\n" + "\n".join(log))
   assert sum(line.startswith("Kill(") for line in log) >= 20
 
@@ -151,7 +165,7 @@ def test_sigterm_saves_and_exits_cleanly_and_the_resumed_run_is_identical(straig
   workdir = tmp_path / "preempted"
   cmd = command("dense", workdir, tiny_data)
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  while not _reached("training", workdir, 0):
+  while not _train_rows(workdir):
     assert proc.poll() is None
     time.sleep(0.001)
   proc.send_signal(signal.SIGTERM)
@@ -217,7 +231,7 @@ def test_a_second_process_on_the_same_workdir_is_refused(tiny_data, tmp_path):
   cmd = command("dense", workdir, tiny_data)
   first = subprocess.Popen(cmd + ["--config.num_steps=100000"], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
-  while not _reached("training", workdir, 0):
+  while not _train_rows(workdir):
     assert first.poll() is None
     time.sleep(0.01)
   second = subprocess.run(cmd + ["--config.num_steps=100000"], cwd=ROOT, capture_output=True, text=True)
