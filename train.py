@@ -52,15 +52,8 @@ def main(argv) -> None:
     train_source, test_source = build.datasets(config)
     model = build.model(config)
     method = method_lib.build(config, model)
-    changes = workdir_lib.config_changes(config, workdir)
-    if changes and not _ALLOW_CONFIG_CHANGE.value:
-      raise config_lib.ConfigError(
-          f"--workdir {workdir} holds a run of another config ({'; '.join(changes)}); pass another --workdir, or "
-          f"--allow_config_change to continue that run with this config")
     is_main = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-      workdir_lib.lock(workdir)
+    changes = workdir_lib.claim(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value, lock=is_main)
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
   mesh = build.data_mesh()
@@ -76,9 +69,6 @@ def main(argv) -> None:
   for warning in damaged:
     print(f"warning: {warning}", file=sys.stderr)
   start = start or 0
-  if changes and is_main:  # Allowed: keep the config the run was started with.
-    (workdir / "config.json").rename(workdir / f"config.before_step_{start}.json")
-    print(f"warning: continuing {workdir} with a changed config: {'; '.join(changes)}", file=sys.stderr)
   warmup = build.dense_warmup_steps(config)
   if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
     model, method = build.model(config, dense=True), method_lib.Method()
@@ -95,7 +85,7 @@ def main(argv) -> None:
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if is_main and (start == 0 or changes):
-    workdir_lib.save_config(config, workdir)
+    workdir_lib.save_config(config, workdir, replaced=f"config.before_step_{start}.json" if changes else None)
   writer = metrics.MetricsWriter(workdir, config, resume_step=start, enabled=is_main)
   if start == 0:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)

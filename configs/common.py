@@ -40,7 +40,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.log_every = 5
   c.eval_every = 10
   c.checkpoint_every = 10
-  c.eval_batch_size = 200
+  c.eval_batch_size = 100
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
   if "lowrank" in c:

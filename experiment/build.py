@@ -34,8 +34,10 @@ def datasets(config: ml_collections.ConfigDict):
   load = data.DATASETS[config.dataset.name]
   kwargs = dict(data_dir=config.dataset.data_dir or None, idx_dir=config.dataset.idx_dir or None)
   train, test = load("train", **kwargs), load("test", **kwargs)
-  if config.batch_size > len(train):
-    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train)} examples of the train split")
+  for field, split, name in (("batch_size", train, "train"), ("eval_batch_size", test, "test")):
+    if config[field] > len(split):
+      raise ConfigError(f"config.{field}={config[field]} exceeds the {len(split)} examples of the {name} split; "
+                        f"use at most {len(split)}")
   return train, test
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import socket
+import sys
 
 import ml_collections
 
@@ -26,7 +27,7 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def lock(workdir: pathlib.Path) -> None:
+def _lock(workdir: pathlib.Path) -> None:
   """Takes the workdir's lock for the life of this process (its descriptor is never closed; the OS drops the lock
   when the process ends, however it ends); raises ConfigError if another process holds it."""
   fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -41,7 +42,25 @@ def lock(workdir: pathlib.Path) -> None:
   os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}".encode())
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def claim(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, allow_change: bool, lock: bool) -> list[str]:
+  """Creates and (`lock`) locks the workdir for this process. Raises ConfigError, before writing anything, if
+  the workdir holds a run of another config and not `allow_change`. Returns the changes (`config_changes`)."""
+  changes = config_changes(config, workdir)
+  if changes and not allow_change:
+    raise ConfigError(f"--workdir {workdir} holds a run of another config ({'; '.join(changes)}); pass another "
+                      f"--workdir, or --allow_config_change to continue that run with this config")
+  workdir.mkdir(parents=True, exist_ok=True)
+  if lock:
+    _lock(workdir)
+  return changes
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, replaced: str | None = None) -> None:
+  """Writes config.json; `replaced`: first keep the current one under this name (a run continued with a change)."""
+  if replaced and (workdir / "config.json").exists():
+    os.replace(workdir / "config.json", workdir / replaced)
+    print(f"warning: {workdir} continues with a changed config; the one it started with is now {replaced}",
+          file=sys.stderr)
   write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 

@@ -77,8 +77,9 @@ class _NMKernel(nnx.Module):
 
   def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str) -> None:
     if kernel.shape[axis] % m:
-      raise ValueError(f"config.layers: N:M layer {name!r} groups {kernel.shape[axis]} inputs, not divisible by "
-                       f"M={m}; choose an M that divides {kernel.shape[axis]} or keep it dense with --config.layers.keep_dense")
+      raise ValueError(f"config.layers.m (or config.layers.patterns): N:M layer {name!r} groups {kernel.shape[axis]} "
+                       f"inputs, not divisible by M={m}; choose an M that divides {kernel.shape[axis]} or keep the "
+                       f"layer dense with --config.layers.keep_dense")
     self.name, self.axis, self.target = name, axis, (n, m)
     self.kernel = nnx.Param(kernel)
     self.sparsity = Sparsity((n, m))
