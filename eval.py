@@ -27,10 +27,9 @@ import sys
 import jax
 from absl import app, flags, logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 import data
-from experiment import build, evaluation, metrics, plots
+from experiment import build, evaluation, metrics, plots, sharding
 from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment import workdir as workdir_lib
@@ -62,7 +61,7 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
     raise config_lib.ConfigError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; available steps: {available}")
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method_lib.build(config, model).restore(model, optimizer, checkpoints.restore_method(step))
-  like = jax.device_put((nnx.state(model), nnx.state(optimizer)), NamedSharding(mesh, PartitionSpec()))
+  like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
   nnx.update(model, checkpoints.restore_state(step, like)[0])
   return model, config, step
 
@@ -70,8 +69,8 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  mesh = build.data_mesh()
-  put = build.batch_placer(mesh)
+  mesh = sharding.mesh()
+  put = sharding.batch_placer(mesh)
   shape, classes = build.INPUT_SHAPE, build.NUM_CLASSES
   try:
     if _EXPORTED.value:

@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import tqdm
 from absl import app, flags, logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 import data
-from experiment import build, evaluation, metrics, plots
+from experiment import build, evaluation, metrics, plots, sharding
 from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment import workdir as workdir_lib
@@ -56,9 +55,9 @@ def main(argv) -> None:
     changes = workdir_lib.claim(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value, lock=is_main)
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
-  mesh = build.data_mesh()
-  put = build.batch_placer(mesh)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  mesh = sharding.mesh()
+  put = sharding.batch_placer(mesh)
+  place = lambda tree: sharding.place(tree, mesh, config.sharding)
   preempted = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: preempted.set())
 
@@ -77,7 +76,7 @@ def main(argv) -> None:
   try:
     method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
     (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-    state = jax.device_put((model_state, opt_state), replicated)
+    state = place((model_state, opt_state))
     if start:
       state, data_state, window = checkpoints.restore(start, state)
       batches.set_state(data_state)
@@ -95,8 +94,8 @@ def main(argv) -> None:
     nnx.update(model, state[0])
     nnx.update(optimizer, state[1])
 
-  train_step = make_train_step(method, config.seed, replicated, config.skip_nonfinite)
-  observe_step = make_observe_step(method, config.seed, replicated)
+  train_step = make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite)
+  observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
   step_flops = None  # Of the compiled step at the current shapes; re-measured after a shape change.
   schedule = build.learning_rate(config)
   bar = tqdm.tqdm(initial=start, total=config.num_steps, desc=workdir.name, dynamic_ncols=True,
@@ -137,11 +136,11 @@ def main(argv) -> None:
         model = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES)
         method = method_lib.build(config, model)
         optimizer = build.optimizer_at(model, config, step)
-        train_step = make_train_step(method, config.seed, replicated, config.skip_nonfinite)
-        observe_step = make_observe_step(method, config.seed, replicated)
+        train_step = make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite)
+        observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
       if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-        state = jax.device_put((model_state, opt_state), replicated)
+        state = place((model_state, opt_state))  # Re-laid out for the new shapes.
         step_flops = None
     if step % config.checkpoint_every == 0 or step == config.num_steps or preempted.is_set():
       sync_model()

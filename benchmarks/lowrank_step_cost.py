@@ -21,10 +21,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from configs import fmnist_mlp_maestro  # noqa: E402
-from experiment import build, metrics  # noqa: E402
+from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from lowrank import maestro  # noqa: E402
 from experiment.step import make_train_step  # noqa: E402
@@ -36,12 +35,11 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Steps per timing.")
 
 def time_steps(config, model, batch, mesh) -> float:
   """Median seconds per train step."""
-  replicated = NamedSharding(mesh, PartitionSpec())
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   method = method_lib.build(config, model) if maestro.lod_layers(model) else method_lib.Method()
-  step = make_train_step(method, 0, replicated)
-  state = jax.device_put((model_state, opt_state), replicated)
+  step = make_train_step(method, 0, mesh)
+  state = sharding.place((model_state, opt_state), mesh, "data")
   state, m = step(model_def, opt_def, state, batch, jnp.int32(0))  # Compile.
   jax.block_until_ready(m)
   times = []
@@ -56,9 +54,9 @@ def time_steps(config, model, batch, mesh) -> float:
 
 def main(_):
   config = fmnist_mlp_maestro.get_config()
-  mesh = build.data_mesh()
+  mesh = sharding.mesh()
   rng = np.random.default_rng(0)
-  batch = build.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
+  batch = sharding.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
                                     "label": rng.integers(0, 10, config.batch_size).astype(np.int32)})
   shrunk_ranks = {k: int(v) for k, v in (kv.split(":") for kv in _RANKS.value.split(","))}
   full = build.model(config)

@@ -28,10 +28,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from configs import fmnist_mlp_nm, fmnist_vit_nm  # noqa: E402
-from experiment import build, metrics  # noqa: E402
+from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from experiment.config import ConfigError  # noqa: E402
 from experiment.step import make_observe_step, make_train_step  # noqa: E402
@@ -58,10 +57,9 @@ def stepper(config, batch, mesh):
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method.restore(model, optimizer, {})
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  train_step = make_train_step(method, 0, replicated)
-  observe_step = make_observe_step(method, 0, replicated)
-  box = {"state": jax.device_put((model_state, opt_state), replicated), "step": 1}
+  train_step = make_train_step(method, 0, mesh)
+  observe_step = make_observe_step(method, 0, mesh)
+  box = {"state": sharding.place((model_state, opt_state), mesh, "data"), "step": 1}
 
   def run(steps: int) -> float:
     start = time.perf_counter()
@@ -85,13 +83,13 @@ def stepper(config, batch, mesh):
 
 
 def main(_):
-  mesh = build.data_mesh()
+  mesh = sharding.mesh()
   results = {}
   for name in _MODELS.value:
     module = CONFIGS[name]
     config = module.get_config()
     rng = np.random.default_rng(0)
-    batch = build.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
+    batch = sharding.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
                                       "label": rng.integers(0, 10, config.batch_size).astype(np.int32)})
     steppers = {}
     for v, arg in VARIANTS.items():

@@ -27,6 +27,7 @@ def base(model: dict, *, num_epochs: float, batch_size: int = 256, learning_rate
   c.eval_batch_size = 1000
   c.checkpoint_every = c.num_steps // 5
   c.keep_checkpoints = 2
+  c.sharding = "data"  # data: parameters replicated, batches split over all devices | fsdp: parameters split too.
   c.skip_nonfinite = False  # True: an update with a non-finite loss or gradient is skipped (and counted), not fatal.
   c.wandb = dict(mode="offline", project="lowrank-nm", name="")
   return c
@@ -40,7 +41,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.log_every = 5
   c.eval_every = 10
   c.checkpoint_every = 10
-  c.eval_batch_size = 100
+  c.eval_batch_size = 80  # <= the tests' 100-example test split, and divisible by 8 (and 16) devices.
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
   if "lowrank" in c:

@@ -1,4 +1,4 @@
-"""Everything a run is built from, by config: data, model, optimizer, mesh.
+"""Everything a run is built from, by config: data, model, optimizer.
 
 train.py and eval.py build through here, so both see the same model. All of it
 is checked (`check`) before anything is compiled or written to a workdir.
@@ -7,13 +7,12 @@ is checked (`check`) before anything is compiled or written to a workdir.
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 import data
 import models
+from experiment import sharding
 from experiment.config import ConfigError, check as check_fields
 
 OPTIMIZERS = {"adamw", "sgd"}
@@ -26,7 +25,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   check_fields(config, known={
       "dataset.name": list(data.DATASETS), "model.name": list(models.MODELS),
       "layers.type": list(models.LAYER_TYPES), "optimizer.name": list(OPTIMIZERS),
-      "optimizer.schedule": list(SCHEDULES), "wandb.mode": list(WANDB_MODES)})
+      "optimizer.schedule": list(SCHEDULES), "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
 
 
 def datasets(config: ml_collections.ConfigDict):
@@ -78,17 +77,6 @@ def optimizer_at(model: nnx.Module, config: ml_collections.ConfigDict, step: int
           for p, v in nnx.to_flat_state(nnx.state(opt))]
   nnx.update(opt, nnx.from_flat_state(flat))
   return opt
-
-
-def batch_placer(mesh: jax.sharding.Mesh):
-  """Turns this process's numpy batch into a global array sharded over `data`."""
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
-  return lambda batch: {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-def data_mesh() -> jax.sharding.Mesh:
-  # Auto axes: XLA propagates shardings (Explicit axes would need one on every reshape).
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def count_params(model: nnx.Module) -> int:

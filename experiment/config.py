@@ -55,6 +55,7 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
   for field, allowed in known.items():
     value = config
     for part in field.split("."):
+      _require(part in value, field, "is missing (a config.json written by an older version of the code?); add it")
       value = value[part]
     _require(value in allowed, field, f"={value!r} is unknown; choose one of {sorted(allowed)}")
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",

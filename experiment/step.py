@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh
 
 from experiment import method as method_lib
+from experiment import sharding
 
 
 def _gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: dict, step: jax.Array):
@@ -29,10 +30,13 @@ def _gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: d
   return (loss, logits, extra), grads
 
 
-def make_train_step(method: method_lib.Method, seed: int, replicated: NamedSharding, skip_nonfinite: bool = False):
+def make_train_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: str = "data",
+                    skip_nonfinite: bool = False):
   """One jitted step: graph definitions (static), (model state, optimizer state), batch, step -> new states, metrics.
 
   A new graph definition (a shrink, an N:M frame change) compiles once; every other step reuses the compilation.
+  The new state is laid out by `sharding.spec` (`layout`: data | fsdp), so its shardings are those of the state
+  passed in, and the next call hits the same compilation.
   `skip_nonfinite`: a step with a non-finite metric (loss, gradient norm, norm of the updated weights, ...)
   returns the states it was given, and the metric `train/skipped` = 1.
   """
@@ -51,13 +55,12 @@ def make_train_step(method: method_lib.Method, seed: int, replicated: NamedShard
       finite = jnp.all(jnp.isfinite(jnp.stack(list(step_metrics.values()))))  # Loss, gradient and new weight norms.
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, given)
       step_metrics["train/skipped"] = 1.0 - finite
-    return new_state, step_metrics
+    return sharding.constrain(new_state, mesh, layout), sharding.constrain(step_metrics, mesh, "data")
 
-  # Outputs keep the inputs' sharding, so the next call hits the same compilation.
-  return jax.jit(train_step, static_argnums=(0, 1), donate_argnums=2, out_shardings=replicated)
+  return jax.jit(train_step, static_argnums=(0, 1), donate_argnums=2)
 
 
-def make_observe_step(method: method_lib.Method, seed: int, replicated: NamedSharding):
+def make_observe_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: str = "data"):
   """Jitted, run at log steps just before the train step on the same inputs: the
   gradients that update will use, handed to `method.observe` to record on the model.
   Returns the new model state (the optimizer state is untouched)."""
@@ -66,6 +69,6 @@ def make_observe_step(method: method_lib.Method, seed: int, replicated: NamedSha
     model = nnx.merge(model_def, model_state)
     _, grads = _gradients(method, seed, model, batch, step)
     method.observe(model, step, grads)
-    return nnx.state(model)
+    return sharding.constrain(nnx.state(model), mesh, layout)
 
-  return jax.jit(observe_step, static_argnums=0, donate_argnums=1, out_shardings=replicated)
+  return jax.jit(observe_step, static_argnums=0, donate_argnums=1)

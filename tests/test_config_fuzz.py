@@ -43,6 +43,7 @@ COMMON = {
     "layers.type": name("dense", "lowrank", "nm"),
     "wandb.mode": name("disabled"),
     "skip_nonfinite": st.sampled_from([True, False, "maybe"]),
+    "sharding": name("data", "fsdp"),
 }
 CONFIGS = {
     "configs/fmnist_mlp_dense.py:smoke": {},

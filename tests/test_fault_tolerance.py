@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import fmnist_mlp_dense
 from data import idx
-from experiment import build, metrics
+from experiment import build, metrics, sharding
 from experiment import method as method_lib
 from experiment.checkpoint import Checkpoints
 from experiment.step import make_train_step
@@ -260,14 +259,13 @@ def test_skip_nonfinite_keeps_the_state_of_a_nan_batch_and_counts_it():
   config = fmnist_mlp_dense.get_config("smoke")
   model = build.model(config)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  mesh = build.data_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
+  mesh = sharding.mesh()
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  step = make_train_step(method_lib.Method(), 0, replicated, skip_nonfinite=True)
+  step = make_train_step(method_lib.Method(), 0, mesh, skip_nonfinite=True)
   rng = np.random.default_rng(0)
   good = {"image": rng.random((32, 28, 28, 1), np.float32), "label": rng.integers(0, 10, 32).astype(np.int32)}
   bad = {**good, "image": np.where(np.arange(32)[:, None, None, None] == 3, np.nan, good["image"]).astype(np.float32)}
-  state = jax.device_put((model_state, opt_state), replicated)
+  state = sharding.place((model_state, opt_state), mesh, "data")
   before = jax.tree.map(np.asarray, state)
   state, out = step(model_def, opt_def, state, bad, jnp.int32(1))
   assert out["train/skipped"] == 1 and not np.isfinite(out["train/loss"])

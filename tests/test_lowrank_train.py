@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiment import metrics
+from experiment import metrics, sharding
 from tests.conftest import run
 
 MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
@@ -63,7 +63,7 @@ def test_export_turns_layers_dense_where_that_is_cheaper(tmp_path, maestro_run):
   from experiment import build
   from eval import restore
   from lowrank import deploy, maestro
-  model, config, _ = restore(maestro_run, None, build.data_mesh())
+  model, config, _ = restore(maestro_run, None, sharding.mesh())
   current = maestro.ranks(model)
   chosen = {"fc1": current["fc1"], "fc2": 8}  # fc1 near full rank: cheaper as a dense 784x1024 kernel.
   exported, exported_config = deploy.export(model, config, chosen, build.INPUT_SHAPE, build.NUM_CLASSES)

@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 import sparsity
 from configs import fmnist_mlp_nm
-from experiment import build, metrics
+from experiment import build, metrics, sharding
 from experiment import method as method_lib
 from sparsity.training import nm_layers
 from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot
@@ -78,14 +77,13 @@ def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask(
   method = method_lib.build(config, model)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method.restore(model, optimizer, {})
-  mesh = build.data_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
+  mesh = sharding.mesh()
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   rng = np.random.default_rng(0)
-  batch = build.batch_placer(mesh)({"image": rng.random((32, 28, 28, 1), np.float32),
+  batch = sharding.batch_placer(mesh)({"image": rng.random((32, 28, 28, 1), np.float32),
                                     "label": rng.integers(0, 10, 32).astype(np.int32)})
-  step = make_train_step(method, 0, replicated)
-  state, _ = step(model_def, opt_def, jax.device_put((model_state, opt_state), replicated), batch, jnp.int32(1))
+  step = make_train_step(method, 0, mesh)
+  state, _ = step(model_def, opt_def, sharding.place((model_state, opt_state), mesh, "data"), batch, jnp.int32(1))
   trained = nnx.merge(model_def, state[0])
   x = batch["image"].reshape(32, -1)
   h = x

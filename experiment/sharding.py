@@ -1,0 +1,53 @@
+"""Where arrays live: one mesh axis, `data`, over every device of every process.
+Batches are split over it; the train state (parameters, optimizer state, method
+variables) is either replicated (`config.sharding="data"`, data parallel) or
+split over the same axis (`"fsdp"`: each array along its largest dimension that
+the device count divides; arrays with no such dimension, or smaller than
+`MIN_SHARDED`, stay replicated). The rule depends only on shapes, so the jitted
+step re-derives it when a shrink or an N:M frame change retraces it.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+KINDS = ("data", "fsdp")
+MIN_SHARDED = 1024  # Elements; smaller arrays are cheaper to replicate than to gather.
+
+
+def mesh() -> Mesh:
+  # Auto axes: XLA propagates shardings (Explicit axes would need one on every reshape).
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_placer(mesh: Mesh):
+  """Turns this process's numpy batch into a global array split over `data`."""
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  return lambda batch: {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def spec(shape: tuple[int, ...], kind: str, devices: int) -> PartitionSpec:
+  """The PartitionSpec of an array of `shape` in the train state."""
+  if kind == "data" or devices == 1 or int(np.prod(shape)) < MIN_SHARDED:
+    return PartitionSpec()
+  divisible = [axis for axis, size in enumerate(shape) if size % devices == 0]
+  if not divisible:
+    return PartitionSpec()
+  axis = max(divisible, key=lambda a: (shape[a], -a))
+  return PartitionSpec(*[None] * axis, "data")  # No trailing Nones: the form XLA's outputs carry.
+
+
+def shardings(tree, mesh: Mesh, kind: str):
+  """The NamedSharding of every array of `tree` (arrays or shape-dtype structs)."""
+  return jax.tree.map(lambda x: NamedSharding(mesh, spec(x.shape, kind, mesh.size)), tree)
+
+
+def place(tree, mesh: Mesh, kind: str):
+  """`tree` on the devices, laid out by `spec`."""
+  return jax.device_put(tree, shardings(tree, mesh, kind))
+
+
+def constrain(tree, mesh: Mesh, kind: str):
+  """Inside jit: `tree`'s arrays laid out by `spec` (the layout the step's outputs keep)."""
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(x.shape, kind, mesh.size))),
+                      tree)
