@@ -70,7 +70,7 @@ def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   mesh = sharding.mesh()
-  put = sharding.batch_placer(mesh)
+  put = sharding.batch_placer(mesh, whole=True)
   shape, classes = build.INPUT_SHAPE, build.NUM_CLASSES
   try:
     if _EXPORTED.value:

@@ -47,6 +47,7 @@ def main(argv) -> None:
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
   started = time.time()
   try:  # Every user error surfaces here, before compilation and before the workdir is touched.
+    sharding.initialize(config)
     build.check(config)
     train_source, test_source = build.datasets(config)
     model = build.model(config)
@@ -89,6 +90,7 @@ def main(argv) -> None:
   if start == 0:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)
   eval_batches = lambda: data.eval_batches(test_source, config.eval_batch_size, config.dataset.eval_limit or None)
+  put_whole = sharding.batch_placer(mesh, whole=True)
 
   def sync_model():
     nnx.update(model, state[0])
@@ -126,7 +128,7 @@ def main(argv) -> None:
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
                  **method.metrics(step, model)}
       if step % config.eval_every == 0 or step == config.num_steps:
-        logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put).items()}
+        logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []

@@ -28,6 +28,9 @@ def base(model: dict, *, num_epochs: float, batch_size: int = 256, learning_rate
   c.checkpoint_every = c.num_steps // 5
   c.keep_checkpoints = 2
   c.sharding = "data"  # data: parameters replicated, batches split over all devices | fsdp: parameters split too.
+  # Several processes: the coordinator's host:port, their number and this one's index (or the environment's
+  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "": one process.
+  c.distributed = dict(coordinator="", num_processes=1, process_id=0)
   c.skip_nonfinite = False  # True: an update with a non-finite loss or gradient is skipped (and counted), not fatal.
   c.wandb = dict(mode="offline", project="lowrank-nm", name="")
   return c

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from experiment.config import ConfigError
 from experiment.workdir import write_atomic
@@ -44,13 +45,15 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
                                                     method=ocp.args.JsonSave(method_state),
                                                     window=ocp.args.JsonSave({"steps": window})))
-    if not primary:
-      return
-    self.manifests.mkdir(exist_ok=True)
-    write_atomic(self.manifests / f"{step}.json", json.dumps(_file_sizes(self._folder(step)), indent=0, sort_keys=True))
+    if primary:
+      self.manifests.mkdir(exist_ok=True)
+      write_atomic(self.manifests / f"{step}.json", json.dumps(_file_sizes(self._folder(step)), indent=0, sort_keys=True))
+    if jax.process_count() > 1:  # Every process deletes (Orbax waits for all), after the manifest is written.
+      multihost_utils.sync_global_devices(f"manifest {step}")
     for old in sorted(self.manager.all_steps())[:-self.keep]:
       self.manager.delete(old)
-      (self.manifests / f"{old}.json").unlink(missing_ok=True)
+      if primary:
+        (self.manifests / f"{old}.json").unlink(missing_ok=True)
 
   def resume_step(self, *, set_aside: bool = True) -> tuple[int | None, list[str]]:
     """The newest whole checkpoint's step (None: none), and a warning for each newer damaged one, which

@@ -7,12 +7,39 @@ the device count divides; arrays with no such dimension, or smaller than
 step re-derives it when a shrink or an N:M frame change retraces it.
 """
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from experiment.config import ConfigError
+
 KINDS = ("data", "fsdp")
 MIN_SHARDED = 1024  # Elements; smaller arrays are cheaper to replicate than to gather.
+
+
+def initialize(config) -> None:
+  """Joins the other processes of a multi-process run (before JAX touches a device): from config.distributed if
+  its coordinator is set, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID if the first is
+  set; otherwise this is the only process."""
+  d = config.distributed
+  if d.coordinator:
+    address, count, index, source = d.coordinator, d.num_processes, d.process_id, "config.distributed"
+  elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    try:
+      address, count, index = (os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
+                               int(os.environ["JAX_PROCESS_ID"]))
+    except (KeyError, ValueError) as e:
+      raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers "
+                        f"({e!r})") from None
+    source = "JAX_NUM_PROCESSES / JAX_PROCESS_ID"
+  else:
+    return
+  if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
+    raise ConfigError(f"{source}: process {index} of {count}: need 0 <= process_id < num_processes")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # How CPU processes talk; GPUs and TPUs ignore it.
+  jax.distributed.initialize(address, count, index)
 
 
 def mesh() -> Mesh:
@@ -20,10 +47,13 @@ def mesh() -> Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def batch_placer(mesh: Mesh):
-  """Turns this process's numpy batch into a global array split over `data`."""
+def batch_placer(mesh: Mesh, *, whole: bool = False):
+  """Turns a numpy batch into a global array split over `data`. The batch is this process's share of the global
+  batch (the train iterator's), or, with `whole`, the whole global batch (evaluation's), of which it keeps its share."""
   sharding = NamedSharding(mesh, PartitionSpec("data"))
-  return lambda batch: {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  index, count = jax.process_index(), jax.process_count()
+  share = lambda v: v[index * len(v) // count:(index + 1) * len(v) // count] if whole else v
+  return lambda batch: {k: jax.make_array_from_process_local_data(sharding, share(np.asarray(v))) for k, v in batch.items()}
 
 
 def spec(shape: tuple[int, ...], kind: str, devices: int) -> PartitionSpec:

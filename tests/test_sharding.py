@@ -4,6 +4,7 @@ N:M (across SDGF frames), including a resume onto another device count."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -99,3 +100,22 @@ print(kernel.addressable_shards[0].data.shape, mu.addressable_shards[0].data.sha
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
                        env={**os.environ, **EIGHT})
   assert out.stdout.split("\n")[-2] == "(128, 1024) (128, 1024) 8"
+
+
+def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
+  one = _train("dense", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  with socket.socket() as s:  # A free port for the coordinator.
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  config, overrides = RUNS["dense"]
+  workdir = tmp_path / "two"
+  cmd = [sys.executable, "train.py", "--config", config, "--workdir", str(workdir),
+         *(f"--config.{k}={v}" for k, v in {**tiny_data, "log_every": 1, **overrides}.items())]
+  procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "XLA_FLAGS": "", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                                 "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+  rows = metrics.read(workdir / "metrics.jsonl")  # Written by process 0 only.
+  print(f"2 processes: largest relative loss difference {_assert_same_trajectory(one, rows):.2g}")
+  assert "test accuracy" in outs[0][0] and "test accuracy" not in outs[1][0]
