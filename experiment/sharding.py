@@ -5,6 +5,7 @@ split over the same axis (`"fsdp"`: each array along its largest dimension that
 the device count divides; arrays with no such dimension, or smaller than
 `MIN_SHARDED`, stay replicated). The rule depends only on shapes, so the jitted
 step re-derives it when a shrink or an N:M frame change retraces it.
+`initialize` joins the processes of a multi-process run first.
 """
 
 import os
