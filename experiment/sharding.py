@@ -69,7 +69,7 @@ def spec(shape: tuple[int, ...], kind: str, devices: int) -> PartitionSpec:
 
 
 def shardings(tree, mesh: Mesh, kind: str):
-  """The NamedSharding of every array of `tree` (arrays or shape-dtype structs)."""
+  """The NamedSharding of every array of `tree`, by `spec`."""
   return jax.tree.map(lambda x: NamedSharding(mesh, spec(x.shape, kind, mesh.size)), tree)
 
 
@@ -80,5 +80,4 @@ def place(tree, mesh: Mesh, kind: str):
 
 def constrain(tree, mesh: Mesh, kind: str):
   """Inside jit: `tree`'s arrays laid out by `spec` (the layout the step's outputs keep)."""
-  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec(x.shape, kind, mesh.size))),
-                      tree)
+  return jax.lax.with_sharding_constraint(tree, shardings(tree, mesh, kind))
