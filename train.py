@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import tqdm
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from flax import nnx
 from ml_collections import config_flags
 
@@ -59,8 +60,7 @@ def main(argv) -> None:
   mesh = sharding.mesh()
   put = sharding.batch_placer(mesh)
   place = lambda tree: sharding.place(tree, mesh, config.sharding)
-  preempted = threading.Event()
-  signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  stopping = _sigterm_watch()
 
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   batches = data.train_iterator(train_source, config.batch_size, config.seed,
@@ -144,10 +144,11 @@ def main(argv) -> None:
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
         state = place((model_state, opt_state))  # Re-laid out for the new shapes.
         step_flops = None
-    if step % config.checkpoint_every == 0 or step == config.num_steps or preempted.is_set():
+    stop = stopping(step)
+    if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
       sync_model()
       checkpoints.save(step, state, batches.get_state(), method.state(step, model), window, primary=is_main)
-    if preempted.is_set() and step < config.num_steps:
+    if stop and step < config.num_steps:
       bar.close()
       writer.close()
       print(f"Stopped by SIGTERM after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
@@ -169,6 +170,17 @@ def main(argv) -> None:
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
     }]))
     print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
+
+
+def _sigterm_watch():
+  """`stopping(step)`: whether to save and stop after `step` because of a SIGTERM. One process: since one
+  arrived. Several: JAX's preemption sync point, where every process stops after the same step whichever of
+  them got the signal (call it at every step)."""
+  if jax.process_count() > 1:
+    return multihost_utils.reached_preemption_sync_point
+  preempted = threading.Event()
+  signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  return lambda step: preempted.is_set()
 
 
 def _window_means(window: list[dict]) -> dict[str, float]:

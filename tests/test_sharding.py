@@ -3,10 +3,13 @@ parallel and FSDP) against 1 device, for dense, Maestro (across shrinks) and
 N:M (across SDGF frames), including a resume onto another device count."""
 
 import os
+import re
+import signal
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -102,20 +105,49 @@ print(kernel.addressable_shards[0].data.shape, mu.addressable_shards[0].data.sha
   assert out.stdout.split("\n")[-2] == "(128, 1024) (128, 1024) 8"
 
 
-def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
-  one = _train("dense", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+def _two_processes(name: str, workdir, tiny_data, sigterm_after: int | None = None, **extra) -> list[str]:
+  """train.py as 2 processes on 127.0.0.1 with 1 CPU device each; SIGTERM to process 1 once `sigterm_after`
+  steps are logged. Returns both processes' stderr."""
   with socket.socket() as s:  # A free port for the coordinator.
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  config, overrides = RUNS["dense"]
-  workdir = tmp_path / "two"
+  config, overrides = RUNS[name]
   cmd = [sys.executable, "train.py", "--config", config, "--workdir", str(workdir),
-         *(f"--config.{k}={v}" for k, v in {**tiny_data, "log_every": 1, **overrides}.items())]
+         *(f"--config.{k}={v}" for k, v in {**tiny_data, "log_every": 1, **overrides, **extra}.items())]
   procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "XLA_FLAGS": "", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                                  "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  if sigterm_after is not None:
+    log = workdir / "metrics.jsonl"
+    while not (log.exists() and len(log.read_text().splitlines()) > sigterm_after) and procs[1].poll() is None:
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-  rows = metrics.read(workdir / "metrics.jsonl")  # Written by process 0 only.
+  assert "test accuracy" not in outs[1][0]  # Only process 0 reports (and writes).
+  return [err for _, err in outs]
+
+
+def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
+  one = _train("dense", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  _two_processes("dense", tmp_path / "two", tiny_data)
+  rows = metrics.read(tmp_path / "two" / "metrics.jsonl")  # Written by process 0 only.
   print(f"2 processes: largest relative loss difference {_assert_same_trajectory(one, rows):.2g}")
-  assert "test accuracy" in outs[0][0] and "test accuracy" not in outs[1][0]
+
+
+def test_two_processes_fsdp_shrink_and_sigterm(tiny_data, tmp_path):
+  """Maestro with FSDP over 2 processes, shrinking on sharded arrays; a SIGTERM to process 1 alone stops both
+  after the same step with a checkpoint, and the resumed run follows 1 process with 2 devices."""
+  one = _train("maestro", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+               sharding="fsdp")
+  workdir = tmp_path / "two"
+  errs = _two_processes("maestro", workdir, tiny_data, sigterm_after=11, sharding="fsdp")
+  stopped = [re.search(r"Stopped by SIGTERM after step (\d+)", err) for err in errs]
+  assert all(stopped), errs[0][-2000:] + errs[1][-2000:]
+  step = int(stopped[0][1])
+  assert int(stopped[1][1]) == step and 11 <= step < 20 and (workdir / "checkpoints" / str(step)).is_dir()
+  _two_processes("maestro", workdir, tiny_data, sharding="fsdp")
+  rows = metrics.read(workdir / "metrics.jsonl")
+  print(f"2 processes, FSDP, stopped at step {step} and resumed: largest relative loss difference "
+        f"{_assert_same_trajectory(one, rows):.2g}")
+  assert rows[-1]["rank/fc1"] < rows[1]["rank/fc1"]  # It shrank.
