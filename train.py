@@ -13,6 +13,7 @@ current step and exits 0.
 
 import math
 import pathlib
+import resource
 import signal
 import sys
 import threading
@@ -126,7 +127,7 @@ def main(argv) -> None:
       logged = _window_means(window)
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
-                 **method.metrics(step, model)}
+                 **_peak_memory(), **method.metrics(step, model)}
       if step % config.eval_every == 0 or step == config.num_steps:
         logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
@@ -166,7 +167,8 @@ def main(argv) -> None:
         "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
         "params": int(final.get("params/effective", build.count_params(model))), "steps": config.num_steps,
         **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
-        "wall time (s)": round(time.time() - started, 1),
+        "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
+        "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
     }]))
     print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
@@ -191,6 +193,16 @@ def _window_means(window: list[dict]) -> dict[str, float]:
   if "train/skipped" in window[0]:
     means["train/skipped_updates"] = sum(m["train/skipped"] for m in window)
   return means
+
+
+def _peak_memory() -> dict[str, float]:
+  """This process's peak resident memory so far, and its first device's peak where the backend reports it
+  (GPU, TPU), in MiB."""
+  peak = {"memory/host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux.
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    peak["memory/device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+  return peak
 
 
 def _flops(train_step, model_def, opt_def, state, batch, step: int) -> float:

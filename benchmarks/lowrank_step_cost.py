@@ -1,18 +1,24 @@
-"""Train-step time of the Maestro MLP before and after shrinking, against dense.
+"""Train-step time of low-rank (Maestro) models at several ranks against dense,
+with the speedup XLA's FLOP count predicts beside the measured one.
 
-  python benchmarks/lowrank_step_cost.py [--ranks=fc1:149,fc2:53] [--repeats=7] [--steps=20]
+  python benchmarks/lowrank_step_cost.py [--fractions=0.5,0.25,0.1] [--batches=256,1024] [--repeats=7] [--steps=10]
 
-All models are timed in this one process on the same batch with the real
-train step of train.py; each number is the median over `repeats` timings of
-`steps` steps. Prints a table and writes benchmarks/results/lowrank_step_cost.json.
+The MLP of configs/fmnist_mlp_maestro.py (784-1024-1024-10; fc1 and fc2 low
+rank, the head dense) at full rank (where training starts) and shrunk so its
+parameters are each `--fractions` of the dense MLP's, each with three train
+steps: no rank sampling (sampler none), ordered dropout (single_layer), and
+the configured Maestro step (ordered dropout + self-distillation, a second
+forward pass). Every step is the real jitted train step of train.py (group
+lasso included), one random batch, timed round-robin in one process (median of
+`repeats` rounds of `steps` steps). "FLOP-predicted" is dense flops / flops of
+the step; "of predicted" is the measured speedup over that.
+
+Then compilations: 100 steps with rank sampling compile once; each shrink once
+more. Prints tables and writes benchmarks/results/lowrank_step_cost.json.
 """
 
-import json
 import pathlib
-import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
@@ -22,66 +28,114 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import timing  # noqa: E402
 from configs import fmnist_mlp_maestro  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
-from lowrank import maestro  # noqa: E402
 from experiment.step import make_train_step  # noqa: E402
+from lowrank import maestro  # noqa: E402
 
-_RANKS = flags.DEFINE_string("ranks", "fc1:149,fc2:53", "Ranks after shrinking (default: fmnist_mlp_maestro's final ranks).")
-_REPEATS = flags.DEFINE_integer("repeats", 7, "Timings per model; the median is reported.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Steps per timing.")
+_FRACTIONS = flags.DEFINE_list("fractions", ["0.5", "0.25", "0.1"], "Shrunk sizes, as fractions of the dense parameters.")
+_BATCHES = flags.DEFINE_list("batches", ["256", "1024"], "Batch sizes (the config's is 256), each timed on its own.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Rounds; each step's median over them is reported.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps per step variant per round.")
+STEPS = {"no sampling": dict(sampler="none", distill=False), "ordered dropout": dict(sampler="single_layer", distill=False),
+         "Maestro (OD + distillation)": dict(sampler="single_layer", distill=True)}
 
 
-def time_steps(config, model, batch, mesh) -> float:
-  """Median seconds per train step."""
+def ranks_at(config, fraction: float) -> dict[str, int]:
+  """Ranks that make fc1 and fc2 each `fraction` of their dense parameters: r·(in + out) = fraction·in·out."""
+  sizes = {"fc1": (784, config.model.hidden[0]), "fc2": config.model.hidden}
+  return {name: max(1, round(fraction * i * o / (i + o))) for name, (i, o) in sizes.items()}
+
+
+def trainer(config, model, batch, mesh):
+  """(run(steps), the jitted step, its arguments at step 0) for `model` trained by `config`."""
+  method = method_lib.build(config, model) if maestro.lod_layers(model) else method_lib.Method()
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  method = method_lib.build(config, model) if maestro.lod_layers(model) else method_lib.Method()
   step = make_train_step(method, 0, mesh)
-  state = sharding.place((model_state, opt_state), mesh, "data")
-  state, m = step(model_def, opt_def, state, batch, jnp.int32(0))  # Compile.
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    for i in range(_STEPS.value):
-      state, m = step(model_def, opt_def, state, batch, jnp.int32(i))
+  box = {"state": sharding.place((model_state, opt_state), mesh, "data"), "step": 0}
+
+  def run(steps: int) -> None:
+    for _ in range(steps):
+      box["state"], m = step(model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
+      box["step"] += 1
     jax.block_until_ready(m)
-    times.append((time.perf_counter() - start) / _STEPS.value)
-  return statistics.median(times)
+
+  run(1)  # Compile.
+  return run, step, (model_def, opt_def, box["state"], batch, jnp.int32(0))
+
+
+def compilations(config, batch, mesh) -> dict[str, int]:
+  """Compilations of the ordered-dropout train step after 100 steps, then after each of two shrinks (10 steps each)."""
+  model = build.model(config)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  step = make_train_step(method_lib.build(config, model), 0, mesh)
+  counts = {}
+  for event, steps, shrink_to in (("100 steps with rank sampling", 100, None), ("after shrink 1", 10, 0.5),
+                                  ("after shrink 2", 10, 0.25)):
+    if shrink_to:
+      maestro.slice_to(model, ranks_at(config, shrink_to), optimizer)
+    (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+    state = sharding.place((model_state, opt_state), mesh, "data")
+    for i in range(steps):
+      state, _ = step(model_def, opt_def, state, batch, jnp.int32(i))
+    nnx.update(model, state[0])
+    nnx.update(optimizer, state[1])
+    counts[event] = step._cache_size()
+  return counts
+
+
+def random_batch(mesh, size: int) -> dict:
+  rng = np.random.default_rng(0)
+  return sharding.batch_placer(mesh)({"image": rng.random((size, 28, 28, 1), np.float32),
+                                     "label": rng.integers(0, 10, size).astype(np.int32)})
+
+
+def step_cost_rows(config, batch, mesh, fractions: list[float]) -> list[dict]:
+  """One row per model and step, timed round-robin against dense on `batch`."""
+  runs, costs, params = {}, {}, {}
+  dense = build.model(config, dense=True)
+  runs["dense"], step, args = trainer(config, dense, batch, mesh)
+  costs["dense"], params["dense"] = timing.xla_cost(step, *args), build.count_params(dense)
+  for fraction in [1.0, *fractions]:
+    for step_name, fields in STEPS.items():
+      c = fmnist_mlp_maestro.get_config()
+      c.lowrank.update(fields)
+      if fraction < 1:
+        c.layers.ranks = ranks_at(config, fraction)
+      model = build.model(c)
+      name = f"{'full rank' if fraction == 1 else f'{fraction:g} of dense'}, {step_name}"
+      runs[name], step, args = trainer(c, model, batch, mesh)
+      costs[name], params[name] = timing.xla_cost(step, *args), build.count_params(model)
+  seconds = timing.round_robin(runs, _REPEATS.value, _STEPS.value)
+  rows = []
+  for name, s in seconds.items():
+    predicted = costs["dense"]["flops"] / costs[name]["flops"]
+    measured = seconds["dense"] / s
+    rows.append({"batch": batch["label"].shape[0], "model, step": name, "params": params[name],
+                 "vs dense params": params[name] / params["dense"], "ms/step": 1e3 * s,
+                 "GFLOP/step": costs[name]["flops"] / 1e9, "FLOP-predicted speedup": predicted,
+                 "measured speedup": measured, "of predicted": measured / predicted,
+                 "peak MiB (XLA)": costs[name]["peak bytes (XLA)"] / 2**20})
+  return rows
 
 
 def main(_):
   config = fmnist_mlp_maestro.get_config()
   mesh = sharding.mesh()
-  rng = np.random.default_rng(0)
-  batch = sharding.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
-                                    "label": rng.integers(0, 10, config.batch_size).astype(np.int32)})
-  shrunk_ranks = {k: int(v) for k, v in (kv.split(":") for kv in _RANKS.value.split(","))}
-  full = build.model(config)
-  shrunk = build.model(config)
-  maestro.slice_to(shrunk, shrunk_ranks)
-  dense = build.model(config, dense=True)
-  factorized = lambda m: sum(int(l.down.size + l.up.size + l.bias.size) for l in maestro.lod_layers(m))
-  dense_factorized = sum(int(m.kernel.size + m.bias.size) for m in dense.hidden)
-  rows = []
-  for name, model in (("dense", dense), ("maestro, full rank (before shrinking)", full),
-                      (f"maestro, shrunk to {shrunk_ranks}", shrunk)):
-    seconds = time_steps(config, model, batch, mesh)
-    size = factorized(model) if maestro.lod_layers(model) else dense_factorized
-    rows.append({"model": name, "params in fc1+fc2": size, "vs dense params": size / dense_factorized,
-                 "ms/step": seconds * 1e3})
-  for row in rows:
-    row["vs full rank time"] = row["ms/step"] / rows[1]["ms/step"]
-    row["vs dense time"] = row["ms/step"] / rows[0]["ms/step"]
-  print(f"Device: {jax.devices()[0].device_kind} x{jax.device_count()}, batch {config.batch_size}, "
-        f"median of {_REPEATS.value} x {_STEPS.value} steps")
+  fractions = [float(f) for f in _FRACTIONS.value]
+  rows = [row for b in _BATCHES.value for row in step_cost_rows(config, random_batch(mesh, int(b)), mesh, fractions)]
+  compiled = compilations(config, random_batch(mesh, config.batch_size), mesh)
+  print(f"Device: {timing.device()}, median of {_REPEATS.value} round-robin rounds of {_STEPS.value} steps; ranks at "
+        f"each fraction: " + ", ".join(f"{f:g}: {ranks_at(config, f)}" for f in fractions))
   print(metrics.table(rows))
-  out = pathlib.Path(__file__).parent / "results" / "lowrank_step_cost.json"
-  out.parent.mkdir(exist_ok=True)
-  out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                             "machine": platform.processor() or platform.machine(), "rows": rows}, indent=2) + "\n")
+  print("Compilations of the ordered-dropout train step: " + ", ".join(f"{k}: {v}" for k, v in compiled.items()))
+  out = timing.write("lowrank_step_cost", {"repeats": _REPEATS.value, "steps": _STEPS.value,
+                                           "ranks": {f: ranks_at(config, f) for f in fractions}, "rows": rows,
+                                           "compilations": compiled})
+  print(f"Wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,18 +8,14 @@ random batch. The variants are timed round-robin, `steps` steps each per round,
 so drifts of the machine hit them alike; a variant's time is the median of its
 `repeats` rounds and its ratio is to the dense median of the same run. The
 metrics step (gradients and masks recorded for the log, run once per
-`log_every` steps) is timed the same way and amortized into the last column. SDGF
+`log_every` steps) is timed the same way and amortized into the "+ metrics" column. SDGF
 rows time the first frame of the phase (7:8 stepwise, 8:64 geometric), the
 widest groups of their schedules. Prints a table and writes
 benchmarks/results/nm_step_cost.json.
 """
 
-import json
 import pathlib
-import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
@@ -29,6 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import timing  # noqa: E402
 from configs import fmnist_mlp_nm, fmnist_vit_nm  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
@@ -51,7 +48,8 @@ VARIANTS = {  # name -> config argument
 
 
 def stepper(config, batch, mesh):
-  """Functions running `steps` real train steps, or observe steps, from their own state; the train step."""
+  """Functions running `steps` real train steps, or observe steps, from their own state (each blocks until done);
+  the train step's compilation count and XLA cost."""
   model = build.model(config)
   method = method_lib.build(config, model)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
@@ -61,25 +59,22 @@ def stepper(config, batch, mesh):
   observe_step = make_observe_step(method, 0, mesh)
   box = {"state": sharding.place((model_state, opt_state), mesh, "data"), "step": 1}
 
-  def run(steps: int) -> float:
-    start = time.perf_counter()
+  def run(steps: int) -> None:
     for _ in range(steps):
       box["state"], m = train_step(model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
       box["step"] += 1
     jax.block_until_ready(m)
-    return (time.perf_counter() - start) / steps
 
-  def observe(steps: int) -> float:
-    start = time.perf_counter()
+  def observe(steps: int) -> None:
     for _ in range(steps):
       box["state"] = (observe_step(model_def, box["state"][0], batch, jnp.int32(box["step"])), box["state"][1])
     jax.block_until_ready(box["state"])
-    return (time.perf_counter() - start) / steps
 
   run(2)  # Compile, warm up.
   if method.observes:
     observe(1)
-  return run, observe if method.observes else None, train_step
+  cost = timing.xla_cost(train_step, model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
+  return run, observe if method.observes else None, train_step._cache_size, cost
 
 
 def main(_):
@@ -97,30 +92,23 @@ def main(_):
         steppers[v] = stepper(module.get_config(arg), batch, mesh)
       except ConfigError as e:  # E.g. geometric SDGF's 8:64 on the MLP's 784 inputs.
         print(f"{name}, {v}: skipped: {e}")
-    times = {v: [] for v in steppers}
-    observe_times = {v: [] for v, (_, observe, _) in steppers.items() if observe}
-    for _ in range(_REPEATS.value):
-      for v, (run, observe, _) in steppers.items():
-        times[v].append(run(_STEPS.value))
-        if observe:
-          observe_times[v].append(observe(2))
-    dense = statistics.median(times["dense"])
+    runs = {v: run for v, (run, _, _, _) in steppers.items()}
+    runs |= {(v, "observe"): observe for v, (_, observe, _, _) in steppers.items() if observe}
+    times = timing.round_robin(runs, _REPEATS.value, _STEPS.value)
+    dense = times["dense"]
     rows = []
-    for v, t in times.items():
-      step = statistics.median(t)
-      with_log = step + (statistics.median(observe_times[v]) / config.log_every if v in observe_times else 0.0)
+    for v, (_, _, compilations, cost) in steppers.items():
+      step = times[v]
+      with_log = step + times.get((v, "observe"), 0.0) / config.log_every
       rows.append({"model": name, "variant": v, "ms/step": 1e3 * step, "vs dense": step / dense,
-                   "compilations": steppers[v][2]._cache_size(),
-                   f"vs dense, + metrics step every {config.log_every}": with_log / dense})
+                   f"vs dense, + metrics step every {config.log_every}": with_log / dense,
+                   "compilations": compilations(), "peak MiB (XLA)": cost["peak bytes (XLA)"] / 2**20})
     results[name] = {"batch": config.batch_size, "params": build.count_params(build.model(config)), "rows": rows}
     print(f"\n{name}: {results[name]['params']:,} parameters, batch {config.batch_size}")
     print(metrics.table(rows))
-  device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
-  print(f"\nDevice: {device}; median of {_REPEATS.value} round-robin rounds of {_STEPS.value} steps")
-  out = pathlib.Path(__file__).parent / "results" / "nm_step_cost.json"
-  out.parent.mkdir(exist_ok=True)
-  out.write_text(json.dumps({"device": device, "machine": platform.processor() or platform.machine(),
-                             "repeats": _REPEATS.value, "steps": _STEPS.value, "models": results}, indent=2) + "\n")
+  print(f"\nDevice: {timing.device()}; median of {_REPEATS.value} round-robin rounds of {_STEPS.value} steps")
+  out = timing.write("nm_step_cost", {"repeats": _REPEATS.value, "steps": _STEPS.value, "models": results})
+  print(f"Wrote {out}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ def fraction_ranks(model: nnx.Module, fraction: float) -> dict[str, int]:
   return {name: ceil_ratio(fraction, r) for name, r in ranks(model).items()}
 
 
+def param_fraction_ranks(model: nnx.Module, fraction: float) -> dict[str, int]:
+  """Ranks at which each LoD layer holds `fraction` of its dense kernel's parameters: r·(in + out) ≈ fraction·in·out."""
+  sizes = {layer.name: (_fan_in(layer), layer.up.shape[1]) for layer in lod_layers(model)}
+  return {name: max(1, round(fraction * i * o / (i + o))) for name, (i, o) in sizes.items()}
+
+
 def export(model: nnx.Module, config: ml_collections.ConfigDict, chosen: dict[str, int],
            input_shape: tuple[int, ...], num_classes: int) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """A standalone model with each LoD layer sliced to `chosen[name]`; a layer

@@ -49,6 +49,20 @@ def test_ties_keep_the_lower_index_deterministically():
   assert np.asarray(sparsity.nm_mask(signed, 1, 4, 0))[:, 0].tolist() == [True, False, False, False]
 
 
+@pytest.mark.parametrize("n,m", PATTERNS + [(16, 32)])  # Rounds of argmax, pairwise ranks, top_k: one answer.
+def test_every_mask_algorithm_matches_a_stable_sort_with_ties(n, m):
+  rng = np.random.default_rng(m * 7 + n)
+  for shape, axis in (((4 * m, 6), 0), ((3, 3, 2 * m, 5), 2)):
+    w = rng.integers(-3, 4, size=shape).astype(np.float32)  # Many ties, signs.
+    groups = np.moveaxis(np.abs(w), axis, -1).reshape(-1, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")[:, :n]  # Largest first, the lower index on ties.
+    expected = np.zeros(groups.shape, bool)
+    np.put_along_axis(expected, order, True, axis=-1)
+    moved = np.moveaxis(np.abs(w), axis, -1).shape
+    expected = np.moveaxis(expected.reshape(moved), -1, axis)
+    np.testing.assert_array_equal(np.asarray(sparsity.nm_mask(w, n, m, axis)), expected)
+
+
 def test_grouped_axis_must_be_divisible_by_m():
   with pytest.raises(ValueError, match="not divisible by M=8"):
     sparsity.nm_mask(jnp.ones((12, 4)), 1, 8, 0)
