@@ -100,7 +100,7 @@ def main(_):
       ref = reference[key]
       rows.append({"devices": run["device"], "method/layout": key,
                    "examples/s": BATCH / r["seconds per step"],
-                   "vs first": ref["seconds per step"] / r["seconds per step"],
+                   f"vs {_DEVICES.value[0]} device(s)": ref["seconds per step"] / r["seconds per step"],
                    f"max rel. loss difference over {_STEPS.value} steps":
                    max(abs(a / b - 1) for a, b in zip(r["losses"], ref["losses"]))})
   print(metrics.table(rows))

@@ -141,11 +141,11 @@ def test_two_processes_fsdp_shrink_and_sigterm(tiny_data, tmp_path):
   one = _train("maestro", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
                sharding="fsdp")
   workdir = tmp_path / "two"
-  errs = _two_processes("maestro", workdir, tiny_data, sigterm_after=11, sharding="fsdp")
+  errs = _two_processes("maestro", workdir, tiny_data, sigterm_after=8, sharding="fsdp")
   stopped = [re.search(r"Stopped by SIGTERM after step (\d+)", err) for err in errs]
   assert all(stopped), errs[0][-2000:] + errs[1][-2000:]
   step = int(stopped[0][1])
-  assert int(stopped[1][1]) == step and 11 <= step < 20 and (workdir / "checkpoints" / str(step)).is_dir()
+  assert int(stopped[1][1]) == step and 8 <= step < 20 and (workdir / "checkpoints" / str(step)).is_dir()
   _two_processes("maestro", workdir, tiny_data, sharding="fsdp")
   rows = metrics.read(workdir / "metrics.jsonl")
   print(f"2 processes, FSDP, stopped at step {step} and resumed: largest relative loss difference "
