@@ -5,6 +5,7 @@
   python eval.py --workdir runs/maestro --macs_budget=0.3 --export=runs/maestro/export
   python eval.py --exported runs/maestro/export
   python eval.py --workdir runs/nm --export=runs/nm/export     # N:M: packed values + in-group indices
+  python eval.py report runs/sweeps/vit_nm [--trajectories=sdgf-stepwise_1of8,mdgf-exp_1of8]
 
 Low-rank runs: `--rank_fractions` evaluates the model cut to each fraction of
 every layer's rank (exported: sliced, dense where cheaper) and plots accuracy
@@ -17,19 +18,25 @@ N:M runs: evaluation always uses the hard masks; `--export` packs every N:M
 kernel (kept values + uint8 positions in the group) and reports its bytes
 against dense; `--exported` evaluates either kind of export folder.
 Prints a table and writes `<workdir>/eval.json` (and `plots/rank_sweep.png`).
+`report <folder>`: the report of a sweep folder (sweep.py): a Markdown table
+(mean ± std over seeds), plots (accuracy against the N:M level per method,
+accuracy against parameters for low rank with the dense run and its post-hoc
+SVD truncation at each low-rank run's final ranks, rank and sparsity
+trajectories), the code version, the machine and every command, in
+`<folder>/report.md` and `<folder>/plots/`.
 """
 
 import copy
 import json
 import pathlib
 import sys
+import time
 
-import jax
 from absl import app, flags, logging
 from flax import nnx
 
 import data
-from experiment import build, evaluation, metrics, plots, sharding
+from experiment import build, evaluation, metrics, plots, report, sharding, sweeps
 from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment import workdir as workdir_lib
@@ -47,6 +54,8 @@ _SEARCH_EXAMPLES = flags.DEFINE_integer("search_examples", 1000, "Held-out batch
 _EXPORT = flags.DEFINE_string("export", None, "Write the model as a standalone folder here (low-rank: at the searched "
                                "ranks; N:M: packed).")
 _EXPORTED = flags.DEFINE_string("exported", None, "Evaluate a folder written by --export instead of a run.")
+_TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
+                                  "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 
 
 def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, object, int]:
@@ -66,10 +75,76 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
   return model, config, step
 
 
+def svd_truncation(dense: nnx.Module, config, ranks: dict[str, int], test) -> tuple[nnx.Module, dict]:
+  """Post-hoc SVD truncation of a dense model at the ranks of a low-rank run of `config`, and its test result."""
+  full_rank = copy.deepcopy(config)  # The low-rank run's layers at their starting (full) rank.
+  full_rank.layers.rank_ratio, full_rank.layers.ranks = 1.0, {}
+  svd = deploy.from_dense(dense, full_rank, build.INPUT_SHAPE, build.NUM_CLASSES)
+  truncated = deploy.export(svd, config, ranks, build.INPUT_SHAPE, build.NUM_CLASSES)[0]
+  return truncated, test(truncated)
+
+
+def sweep_report(folder: pathlib.Path, mesh) -> None:
+  """`eval.py report <folder>`."""
+  started = time.time()
+  sweep, results, missing = report.collect(folder)
+  if not results:
+    raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
+  put = sharding.batch_placer(mesh, whole=True)
+  baselines = {}
+  dense = next((r for r in results if r.layers == "dense"), None)
+  if dense and any(r.layers == "lowrank" for r in results):  # SVD of the dense run at each low-rank run's ranks.
+    dense_model = restore(dense.workdir, None, mesh)[0]
+    for runs in report.by_name([r for r in results if r.layers == "lowrank"]).values():
+      config = workdir_lib.load_config(runs[0].workdir)
+      test_source = build.datasets(config)[1]
+      test = lambda m: evaluation.evaluate(m, data.eval_batches(test_source, config.eval_batch_size,
+                                                                config.dataset.eval_limit or None), put)
+      ranks = {k.removeprefix("rank/"): int(v) for k, v in runs[0].final.items() if k.startswith("rank/")}
+      model, result = svd_truncation(dense_model, config, ranks, test)
+      baselines.setdefault(f"SVD of dense ({dense.name} s{dense.seed})", []).append(
+          (build.count_params(model), result["accuracy"]))
+  chosen = _TRAJECTORIES.value or [r.name for r in results if r.seed == results[0].seed and _changed_shape(r)]
+  traced = [r for r in results if r.name in chosen and r.seed == min(x.seed for x in results if x.name == r.name)]
+  figures = [p for p in (report.plot_nm(results, folder), report.plot_params(results, folder, baselines),
+                         report.plot_trajectories(traced, folder)) if p]
+  rows = report.table(results)
+  lines = [f"# Report: {folder.name}", "",
+           f"Sweep of `{sweep['config']}`, code {sweep['code']} (report made with code {sweeps.code_version()}), "
+           f"{len(results)} finished runs" + (f", {len(missing)} not finished: {', '.join(missing)}" if missing else "")
+           + ".", "", f"Machine: {report.machine()}.", "", "Commands:", "", "```",
+           sweep["command"], f"python eval.py report {folder}" + (f" --trajectories={','.join(_TRAJECTORIES.value)}"
+                                                                 if _TRAJECTORIES.value else ""), "```", "",
+           "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
+  for name, points in baselines.items():
+    lines += [f"{name}, at each low-rank run's final ranks: " + ", ".join(f"{p:,} params {100 * a:.2f}%"
+                                                                          for p, a in points) + ".", ""]
+  lines += [f"![{p.stem}](plots/{p.name})" for p in figures] + ["", "<details><summary>Every run's train.py command"
+                                                                 "</summary>", "", "```"]
+  lines += [r["command"] for r in sweep["runs"]] + ["```", "</details>", ""]
+  (folder / "report.md").write_text("\n".join(lines))
+  print(metrics.table(rows))
+  print(f"Wrote {folder}/report.md and " + ", ".join(str(p) for p in figures) + f" ({time.time() - started:.0f} s)")
+
+
+def _changed_shape(result) -> bool:
+  shape = lambda row: tuple(v for k, v in sorted(row.items()) if k.startswith(("rank/", "nm/n", "nm/m")))
+  return len({shape(row) for row in result.rows if "train/loss" in row}) > 1
+
+
 def main(argv) -> None:
-  del argv
   logging.set_verbosity(logging.WARNING)
   mesh = sharding.mesh()
+  if argv[1:2] == ["report"]:
+    try:
+      if len(argv) != 3:
+        raise config_lib.ConfigError("usage: python eval.py report <sweep folder>")
+      sweep_report(pathlib.Path(argv[2]), mesh)
+    except (config_lib.ConfigError, data.DataError) as e:
+      sys.exit(f"error: {e}")
+    return
+  if argv[1:]:
+    sys.exit(f"error: unknown arguments {argv[1:]}; the only command is `report <sweep folder>`")
   put = sharding.batch_placer(mesh, whole=True)
   shape, classes = build.INPUT_SHAPE, build.NUM_CLASSES
   try:
@@ -111,11 +186,8 @@ def main(argv) -> None:
   if fractions:
     sweep = deploy.rank_sweep(model, config, fractions, test, shape, classes)
     if baseline is not None:
-      full_rank = copy.deepcopy(config)  # The maestro run's layers at their starting (full) rank.
-      full_rank.layers.rank_ratio, full_rank.layers.ranks = 1.0, {}
-      svd = deploy.from_dense(baseline, full_rank, shape, classes)
       for row in sweep:
-        row["svd_accuracy"] = test(deploy.export(svd, config, row["ranks"], shape, classes)[0])["accuracy"]
+        row["svd_accuracy"] = svd_truncation(baseline, config, row["ranks"], test)[1]["accuracy"]
     report["rank_sweep"] = sweep
     plots.rank_sweep(workdir, sweep)
     rows = [{"rank fraction": r["rank_fraction"], "params": r["params"], "MACs": int(r["macs"]),

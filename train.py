@@ -88,6 +88,9 @@ def main(argv) -> None:
   if is_main and (start == 0 or changes):
     workdir_lib.save_config(config, workdir, replaced=f"config.before_step_{start}.json" if changes else None)
   writer = metrics.MetricsWriter(workdir, config, resume_step=start, enabled=is_main)
+  resumed = metrics.read(writer.path) if is_main and start and writer.path.exists() else []
+  earlier = [r["time/train_s"] for r in resumed if "time/train_s" in r]
+  clock = time.time() - (earlier[-1] if earlier else 0.0)  # Wall time counts on from the resumed run's.
   if start == 0:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)
   eval_batches = lambda: data.eval_batches(test_source, config.eval_batch_size, config.dataset.eval_limit or None)
@@ -127,7 +130,7 @@ def main(argv) -> None:
       logged = _window_means(window)
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
-                 **_peak_memory(), **method.metrics(step, model)}
+                 "time/train_s": time.time() - clock, **_peak_memory(), **method.metrics(step, model)}
       if step % config.eval_every == 0 or step == config.num_steps:
         logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)

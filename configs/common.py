@@ -89,6 +89,25 @@ def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: 
   return c
 
 
+NM_METHODS = {  # The N:M ablation's methods: run-name prefix -> (group, config fields).
+    "ste": ("STE", {"nm.method": "ste"}), "sr-ste": ("SR-STE", {"nm.method": "srste"}),
+    "mdgf-linear": ("MDGF-linear", {"nm.method": "mdgf", "nm.decay": "linear"}),
+    "mdgf-exp": ("MDGF-exp", {"nm.method": "mdgf", "nm.decay": "exp"}),
+    "sdgf-stepwise": ("SDGF-stepwise", {"nm.method": "sdgf", "nm.structure": "stepwise"}),
+    "sdgf-geometric": ("SDGF-geometric", {"nm.method": "sdgf", "nm.structure": "geometric"}),
+}
+
+
+def nm_sweep(levels: tuple[tuple[int, int], ...], methods=tuple(NM_METHODS), seeds=(0, 1, 2)) -> dict:
+  """A sweep (sweep.py) of an N:M config: the dense model, and every method at every N:M level."""
+  runs = [dict(name="dense", group="dense", overrides={"layers.type": "dense"})]
+  for name in methods:
+    group, fields = NM_METHODS[name]
+    runs += [dict(name=f"{name}_{n}of{m}", group=group, overrides={**fields, "layers.n": n, "layers.m": m})
+             for n, m in levels]
+  return dict(seeds=seeds, runs=runs)
+
+
 NM_ARGS = {"method": "nm.method", "decay": "nm.decay", "k": "nm.decay_coef", "structure": "nm.structure",
            "n": "layers.n", "m": "layers.m", "warmup": "nm.dense_warmup", "finetune": "nm.finetune"}
 

@@ -13,7 +13,13 @@ the patch embedding and the head stay dense. Default: SR-STE at 2:4.
 k (α's coefficient; default: exp 5/T, linear 2/T for a sparse phase of T updates),
 structure (stepwise | geometric | densify), n, m, warmup, finetune (fractions), ffn_only, seed.
 
-Measured (2 CPU cores, one single-threaded run per core; `python scripts/nm_ablation.py`): seeds 0, 1:
+The N:M ablation is this config's sweep (get_sweep: dense, and STE, SR-STE, MDGF-linear, MDGF-exp,
+SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16, seeds 0, 1, 2):
+
+  python sweep.py --config configs/fmnist_vit_nm.py --folder runs/nm --workers 2
+  python eval.py report runs/nm
+
+Measured (2 CPU cores, one single-threaded run per core): seeds 0, 1:
 dense 86.62 ± 0.30%, SR-STE 2:4 86.52 ± 0.04%; at 1:8 (seeds 0, 1) / 1:16 (seeds 0, 1, 2): STE 86.32 / 85.63,
 SR-STE 86.18 / 85.32, MDGF-linear 86.28 / 85.78, MDGF-exp 86.44 / 85.96, SDGF-stepwise 85.03 / 81.40,
 SDGF-geometric 85.62 / 85.01 (dense over 3 seeds: 86.69). README "Results: N:M on the ViT" has the stds.
@@ -31,3 +37,7 @@ def get_config(arg: str | None = None):
   c.optimizer.weight_decay = 0.05
   c = common.nm(c, keep_dense=("patch_embed", "head", *(("block*/attn/*",) if ffn_only else ())), n=2, m=4)
   return common.nm_config(c, ",".join(f"{k}={v}" if v else k for k, v in args.items()))
+
+
+def get_sweep():
+  return common.nm_sweep(levels=((2, 4), (1, 4), (1, 8), (1, 16)))

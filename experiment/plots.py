@@ -26,7 +26,7 @@ def training_curves(workdir: pathlib.Path) -> pathlib.Path:
     ax.set(xlabel="step", ylabel=what, title=what)
     ax.grid(alpha=0.3)
     ax.legend()
-  return _save(fig, workdir, "training.png")
+  return save(fig, workdir, "training.png")
 
 
 def ranks(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -44,7 +44,7 @@ def ranks(workdir: pathlib.Path) -> pathlib.Path | None:
   axes[1].set(xlabel="step", ylabel="parameters", title="parameters in use")
   for ax in axes:
     ax.grid(alpha=0.3)
-  return _save(fig, workdir, "ranks.png")
+  return save(fig, workdir, "ranks.png")
 
 
 def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -80,7 +80,7 @@ def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
   for ax in axes.flat:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-  return _save(fig, workdir, "sparsity.png")
+  return save(fig, workdir, "sparsity.png")
 
 
 def rank_sweep(workdir: pathlib.Path, sweep: list[dict]) -> pathlib.Path:
@@ -93,10 +93,10 @@ def rank_sweep(workdir: pathlib.Path, sweep: list[dict]) -> pathlib.Path:
     ax.set(xlabel=x, ylabel="test accuracy", xscale="log")
     ax.grid(alpha=0.3)
     ax.legend()
-  return _save(fig, workdir, "rank_sweep.png")
+  return save(fig, workdir, "rank_sweep.png")
 
 
-def _save(fig, workdir: pathlib.Path, name: str) -> pathlib.Path:
+def save(fig, workdir: pathlib.Path, name: str) -> pathlib.Path:
   path = workdir / "plots" / name
   path.parent.mkdir(exist_ok=True)
   fig.tight_layout()

@@ -66,7 +66,7 @@ def saved_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
 
 def assert_same_run(expected: pathlib.Path, actual: pathlib.Path, step: int) -> None:
   """Bit-identical runs: every array of checkpoint `step`, its method and data-iterator state, and every logged
-  value except those of the process that logged it (compilation count, peak memory)."""
+  value except those of the process that logged it (compilation count, peak memory, wall time)."""
   a, b = saved_state(expected, step), saved_state(actual, step)
   assert a.keys() == b.keys() and len(a) > 4
   for path in a:
@@ -74,7 +74,7 @@ def assert_same_run(expected: pathlib.Path, actual: pathlib.Path, step: int) -> 
   for item in ("method", "data"):
     read = lambda workdir: json.loads((workdir / "checkpoints" / str(step) / item / "metadata").read_text())
     assert read(expected) == read(actual), item
-  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("compiles/", "memory/"))} for r in rows]
+  per_run = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("compiles/", "memory/", "time/"))} for r in rows]
   assert per_run(metrics.read(expected / "metrics.jsonl")) == per_run(metrics.read(actual / "metrics.jsonl"))
 
 

@@ -1,0 +1,136 @@
+"""Sweeps: a config file's `get_sweep()` declares runs (named override sets of
+ordinary config fields, in groups) crossed with seeds; each is one plain
+train.py command in its own workdir, `<folder>/<name>_s<seed>`.
+
+    def get_sweep():
+      return dict(seeds=(0, 1, 2), runs=[
+          dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
+          dict(name="ste_1of8", group="STE", overrides={"nm.method": "ste", "layers.n": 1, "layers.m": 8}),
+      ])
+
+`run` skips finished runs and resumes interrupted ones (train.py's own
+resume), so a sweep can be stopped and restarted at any time; `<folder>/sweep.json`
+records the config, every run's command, and the code version.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import threading
+
+from experiment import metrics
+from experiment.config import ConfigError
+from experiment.workdir import write_atomic
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  group: str
+  seed: int
+  overrides: dict
+  workdir: pathlib.Path
+  config_file: str
+
+  @property
+  def command(self) -> list[str]:
+    """The train.py command of this run (relative to the repository root)."""
+    fields = {**self.overrides, "seed": self.seed}
+    return ["python", "train.py", "--config", self.config_file, "--workdir", str(self.workdir),
+            *(f"--config.{k}={_flag_value(v)}" for k, v in fields.items())]
+
+
+def _flag_value(v) -> str:
+  return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def expand(config_file: str, folder: pathlib.Path) -> list[Run]:
+  """Every run of the sweep `config_file` declares, in declaration order, seeds innermost."""
+  path = ROOT / config_file
+  if not path.is_file():
+    raise ConfigError(f"--config={config_file}: no such file")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"--config={config_file} declares no sweep (a get_sweep() function); configs that do: "
+                      f"{', '.join(sorted(p.name for p in (ROOT / 'configs').glob('*.py') if 'def get_sweep' in p.read_text()))}")
+  sweep = module.get_sweep()
+  names = [r["name"] for r in sweep["runs"]]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"{config_file}: get_sweep() repeats run names: {sorted({n for n in names if names.count(n) > 1})}")
+  return [Run(r["name"], r.get("group", r["name"]), int(seed), dict(r["overrides"]), folder / f"{r['name']}_s{seed}",
+              config_file) for r in sweep["runs"] for seed in sweep["seeds"]]
+
+
+def finished(workdir: pathlib.Path) -> bool:
+  """Whether the run in `workdir` logged its last step (with its final evaluation)."""
+  try:
+    num_steps = json.loads((workdir / "config.json").read_text())["num_steps"]
+    rows = metrics.read(workdir / "metrics.jsonl")
+  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    return False
+  return any(r["step"] == num_steps and any(k.startswith("eval/") for k in r) for r in rows)
+
+
+def record(runs: list[Run], folder: pathlib.Path, command: list[str]) -> None:
+  """<folder>/sweep.json: the sweep command, the code version, every run and its train.py command."""
+  folder.mkdir(parents=True, exist_ok=True)
+  payload = {"command": shlex.join(command), "code": code_version(), "config": runs[0].config_file,
+             "runs": [{"name": r.name, "group": r.group, "seed": r.seed, "overrides": r.overrides,
+                       "workdir": r.workdir.name, "command": shlex.join(r.command)} for r in runs]}
+  write_atomic(folder / "sweep.json", json.dumps(payload, indent=2) + "\n")
+
+
+def code_version() -> str:
+  """The git commit, with `+changes` if the working tree differs from it."""
+  git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+  commit = git("rev-parse", "--short", "HEAD") or "unknown"
+  return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run(runs: list[Run], workers: int) -> list[Run]:
+  """Runs every unfinished run, `workers` at a time (each pinned to its own core when several); prints each
+  command before it starts. Returns the runs that failed."""
+  todo = [r for r in runs if not finished(r.workdir)]
+  print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run with {workers} worker(s)", flush=True)
+  queue, failed, lock = list(todo), [], threading.Lock()
+  single_thread = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"} if workers > 1 else {}
+
+  def worker(index: int) -> None:
+    while True:
+      with lock:
+        if not queue:
+          return
+        r = queue.pop(0)
+        left = len(queue)
+      print(f"[{index}] {shlex.join(r.command)}", flush=True)
+      r.workdir.parent.mkdir(parents=True, exist_ok=True)
+      pin = ["taskset", "-c", str(index % os.cpu_count())] if workers > 1 and _has_taskset() else []
+      with (r.workdir.parent / f"{r.workdir.name}.log").open("a") as log:
+        code = subprocess.run([*pin, sys.executable, *r.command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, **single_thread}).returncode
+      ok = code == 0 and finished(r.workdir)
+      with lock:
+        if not ok:
+          failed.append(r)
+      print(f"[{index}] {r.workdir}: {'done' if ok else f'FAILED (exit {code}), see {r.workdir}.log'}; "
+            f"{left} waiting", flush=True)
+
+  threads = [threading.Thread(target=worker, args=(i,)) for i in range(max(1, workers))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return failed
+
+
+def _has_taskset() -> bool:
+  return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0

@@ -1,0 +1,57 @@
+"""Run the sweep a config file declares (its `get_sweep()`): every override set
+crossed with every seed, each a plain train.py run in `<folder>/<name>_s<seed>`.
+
+  python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --workers 2
+  python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --list   # commands only
+  python eval.py report runs/sweeps/vit_nm                                                # table and plots
+
+Finished runs are skipped and interrupted ones resume, so the same command
+restarts a sweep at any time; a finished sweep does no training. With
+`--workers` > 1 each run is single-threaded and pinned to its own core. Each
+run's output goes to `<folder>/<name>_s<seed>.log`; `<folder>/sweep.json`
+records every run's train.py command and the code version.
+"""
+
+import pathlib
+import shlex
+import sys
+
+from absl import app, flags
+
+from experiment import sweeps
+from experiment.config import ConfigError
+
+_CONFIG = flags.DEFINE_string("config", None, "A config file with a get_sweep() function (configs/*.py).")
+_FOLDER = flags.DEFINE_string("folder", None, "The sweep's folder: one workdir per run, sweep.json, the report.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Runs at a time.")
+_ONLY = flags.DEFINE_list("only", [], "Run only these run names (all seeds); default: all.")
+_LIST = flags.DEFINE_bool("list", False, "Print every run's train.py command and whether it is finished; run nothing.")
+
+
+def main(argv) -> None:
+  del argv
+  folder = pathlib.Path(_FOLDER.value)
+  try:
+    if _WORKERS.value < 1:
+      raise ConfigError(f"--workers={_WORKERS.value} must be >= 1")
+    runs = sweeps.expand(_CONFIG.value, folder)
+    unknown = set(_ONLY.value) - {r.name for r in runs}
+    if unknown:
+      raise ConfigError(f"--only: no runs named {sorted(unknown)}; the sweep's runs are {sorted({r.name for r in runs})}")
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
+  if _LIST.value:
+    for r in runs:
+      print(f"{'finished' if sweeps.finished(r.workdir) else 'to run  '}  {shlex.join(r.command)}")
+    return
+  sweeps.record(runs, folder, ["python", *sys.argv])
+  failed = sweeps.run([r for r in runs if not _ONLY.value or r.name in _ONLY.value], _WORKERS.value)
+  if failed:
+    sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(r.workdir.name for r in failed)}; their .log files "
+             f"in {folder} say why; run the same command to retry them")
+  print(f"All {len(runs)} runs finished. Report: python eval.py report {folder}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "folder"])
+  app.run(main)

@@ -1,0 +1,136 @@
+"""Sweeps (sweep.py) and their reports (eval.py report): tiny N:M and Maestro
+sweeps on the tiny data, run with 2 workers, restarted (finished runs skipped,
+an interrupted one resumed, a finished sweep trains nothing), and reported."""
+
+import json
+import pathlib
+import re
+import shutil
+import statistics
+
+import pytest
+
+from experiment import metrics, sweeps
+from tests.conftest import assert_one_line_error, run, snapshot
+
+SWEEP_CONFIG = """
+from configs import common, {module}
+
+def get_config(arg=None):
+  c = {module}.get_config("smoke")
+  c.dataset.idx_dir, c.dataset.data_dir = {idx_dir!r}, {data_dir!r}
+  c.log_every = 1
+  return c
+
+def get_sweep():
+  return dict(seeds={seeds}, runs={runs})
+"""
+NM_RUNS = [dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
+           dict(name="sdgf-stepwise_1of8", group="SDGF-stepwise",
+                overrides={"nm.method": "sdgf", "nm.structure": "stepwise", "layers.n": 1, "layers.m": 8})]
+MAESTRO_RUNS = [dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
+                dict(name="maestro", group="Maestro", overrides={"layers.rank_ratio": 0.25, "lowrank.shrink_every": 5,
+                                                                    "lowrank.shrink_eps": 5.0})]
+
+
+def _sweep_config(folder: pathlib.Path, tiny_data: dict, module: str, runs: list, seeds: tuple) -> str:
+  path = folder / f"sweep_{module}.py"
+  path.write_text(SWEEP_CONFIG.format(module=module, idx_dir=tiny_data["dataset.idx_dir"],
+                                      data_dir=tiny_data["dataset.data_dir"], seeds=seeds, runs=runs))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def nm_sweep(tiny_data, tmp_path_factory):
+  """A finished 2-run x 2-seed N:M sweep, run with 2 workers."""
+  root = tmp_path_factory.mktemp("sweeps")
+  config = _sweep_config(root, tiny_data, "fmnist_mlp_nm", NM_RUNS, (0, 1))
+  folder = root / "nm"
+  out = run("sweep.py", "--config", config, "--folder", str(folder), "--workers", "2")
+  assert "0 of 4 runs finished; 4 to run with 2 worker(s)" in out.stdout
+  return config, folder
+
+
+def test_a_sweep_runs_every_run_as_a_plain_train_py_command(nm_sweep):
+  config, folder = nm_sweep
+  record = json.loads((folder / "sweep.json").read_text())
+  assert [r["workdir"] for r in record["runs"]] == ["dense_s0", "dense_s1", "sdgf-stepwise_1of8_s0",
+                                                    "sdgf-stepwise_1of8_s1"]
+  for r in record["runs"]:
+    assert sweeps.finished(folder / r["workdir"])
+    saved = json.loads((folder / r["workdir"] / "config.json").read_text())
+    assert saved["seed"] == r["seed"] and saved["layers"]["type"] == ("dense" if r["name"] == "dense" else "nm")
+  sdgf = record["runs"][3]["command"]
+  assert sdgf == (f"python train.py --config {config} --workdir {folder}/sdgf-stepwise_1of8_s1 "
+                  f"--config.nm.method=sdgf --config.nm.structure=stepwise --config.layers.n=1 --config.layers.m=8 "
+                  f"--config.seed=1")
+  rows = metrics.read(folder / "sdgf-stepwise_1of8_s1" / "metrics.jsonl")
+  assert {(r["nm/n"], r["nm/m"]) for r in rows if "nm/n" in r} >= {(7, 8), (1, 8)}  # It ran SDGF's frames.
+
+
+def test_restarting_skips_finished_runs_and_resumes_an_interrupted_one(nm_sweep, tmp_path):
+  config, original = nm_sweep
+  folder = tmp_path / "nm"
+  shutil.copytree(original, folder)
+  before = snapshot(folder)
+  out = run("sweep.py", "--config", config, "--folder", str(folder))
+  assert "4 of 4 runs finished; 0 to run" in out.stdout
+  after = snapshot(folder)
+  record = pathlib.Path("sweep.json")  # Rewritten: it names this folder.
+  assert {k: v for k, v in after.items() if k != record} == {k: v for k, v in before.items() if k != record}
+  # Interrupted after its checkpoint at step 10: the last checkpoint and the rows after step 10 are gone.
+  workdir = folder / "dense_s1"
+  shutil.rmtree(workdir / "checkpoints" / "20")
+  (workdir / "checkpoint_manifests" / "20.json").unlink()
+  rows = metrics.read(workdir / "metrics.jsonl")
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= 12))
+  out = run("sweep.py", "--config", config, "--folder", str(folder), "--workers", "1")
+  assert "3 of 4 runs finished; 1 to run" in out.stdout
+  assert "Resumed from step 10" in (folder / "dense_s1.log").read_text()
+  ours, theirs = metrics.read(workdir / "metrics.jsonl"), metrics.read(original / "dense_s1" / "metrics.jsonl")
+  same = lambda r: {k: v for k, v in r.items() if not k.startswith(("compiles/", "memory/", "time/"))}
+  assert list(map(same, ours)) == list(map(same, theirs))
+
+
+def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
+  _, original = nm_sweep
+  folder = tmp_path / "nm"
+  shutil.copytree(original, folder)
+  out = run("eval.py", "report", str(folder))
+  text = (folder / "report.md").read_text()
+  for name in ("dense", "sdgf-stepwise_1of8"):
+    finals = [metrics.read(folder / f"{name}_s{s}" / "metrics.jsonl")[-1]["eval/accuracy"] for s in (0, 1)]
+    expected = f"{100 * statistics.mean(finals):.2f} ± {100 * statistics.stdev(finals):.2f}"
+    assert re.search(rf"\| {re.escape(name)} +\| [^|]+\| 2 +\| {re.escape(expected)}", text), (expected, text)
+    assert expected in out.stdout
+  assert "Machine: " in text and "code " in text and "python sweep.py --config" in text
+  assert f"--workdir {original}/sdgf-stepwise_1of8_s0" in text  # Every run's command.
+  for plot in ("nm_levels.png", "trajectories.png"):
+    assert (folder / "plots" / plot).stat().st_size > 10_000
+    assert f"(plots/{plot})" in text
+
+
+def test_report_of_a_low_rank_sweep_has_the_svd_baseline(tiny_data, tmp_path):
+  config = _sweep_config(tmp_path, tiny_data, "fmnist_mlp_maestro", MAESTRO_RUNS, (0,))
+  folder = tmp_path / "maestro"
+  run("sweep.py", "--config", config, "--folder", str(folder), "--workers", "2")
+  out = run("eval.py", "report", str(folder))
+  text = (folder / "report.md").read_text()
+  final = metrics.read(folder / "maestro_s0" / "metrics.jsonl")[-1]
+  assert final["rank/fc1"] < 196  # It shrank (from a quarter of full rank), below where a dense kernel is cheaper.
+  baseline = re.search(r"SVD of dense \(dense s0\), at each low-rank run's final ranks: ([\d,]+) params ([\d.]+)%", text)
+  assert baseline, text
+  assert int(baseline[1].replace(",", "")) == int(final["params/effective"])  # The same size as the Maestro run.
+  assert 0 < float(baseline[2]) <= 100
+  assert (folder / "plots" / "params.png").stat().st_size > 10_000 and "Wrote" in out.stdout
+
+
+def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
+  config, _ = nm_sweep
+  for args, needle in ((["--config", "configs/fmnist_mlp_dense.py"], "declares no sweep"),
+                       (["--config", config, "--only", "nope"], "no runs named ['nope']"),
+                       (["--config", config, "--workers", "0"], "--workers=0")):
+    out = run("sweep.py", *args, "--folder", str(tmp_path / "x"), check=False)
+    assert_one_line_error(out, needle)
+    assert not (tmp_path / "x").exists()
+  assert_one_line_error(run("eval.py", "report", str(tmp_path / "none"), check=False), "has no sweep.json")
