@@ -5,6 +5,7 @@
   python eval.py --workdir runs/maestro --macs_budget=0.3 --export=runs/maestro/export
   python eval.py --exported runs/maestro/export
   python eval.py --workdir runs/nm --export=runs/nm/export     # N:M: packed values + in-group indices
+  python eval.py --workdir runs/austen_lm_dense --sample="It is a truth" [--sample_length=500 --temperature=0.8]
   python eval.py report runs/sweeps/vit_nm [--trajectories=sdgf-stepwise_1of8,mdgf-exp_1of8]
 
 Low-rank runs: `--rank_fractions` evaluates the model cut to each fraction of
@@ -14,7 +15,8 @@ run at exactly the same per-layer ranks (so the same parameter count);
 `--macs_budget` runs the greedy per-layer rank search to that fraction of the
 model's MACs, scored on a held-out batch; `--export` writes the model (at the
 searched ranks, or as trained) as a standalone folder.
-N:M runs: evaluation always uses the hard masks; `--export` packs every N:M
+Language models: `--sample` prints text the model generates after the prompt
+(and evaluates nothing). N:M runs: evaluation always uses the hard masks; `--export` packs every N:M
 kernel (kept values + uint8 positions in the group) and reports its bytes
 against dense; `--exported` evaluates either kind of export folder.
 Prints a table and writes `<workdir>/eval.json` (and `plots/rank_sweep.png`).
@@ -32,6 +34,7 @@ import pathlib
 import sys
 import time
 
+import jax
 from absl import app, flags, logging
 from flax import nnx
 
@@ -42,6 +45,7 @@ from experiment import method as method_lib
 from experiment import workdir as workdir_lib
 from experiment.checkpoint import Checkpoints
 from lowrank import deploy, maestro
+from models import lm
 from sparsity import export as nm_export
 from sparsity.training import nm_layers
 
@@ -54,6 +58,10 @@ _SEARCH_EXAMPLES = flags.DEFINE_integer("search_examples", 1000, "Held-out batch
 _EXPORT = flags.DEFINE_string("export", None, "Write the model as a standalone folder here (low-rank: at the searched "
                                "ranks; N:M: packed).")
 _EXPORTED = flags.DEFINE_string("exported", None, "Evaluate a folder written by --export instead of a run.")
+_SAMPLE = flags.DEFINE_string("sample", None, "Language models: print text generated after this prompt.")
+_SAMPLE_LENGTH = flags.DEFINE_integer("sample_length", 500, "--sample: characters to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "--sample: logits are divided by it (lower: more likely text).")
+_SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "--sample: random seed.")
 _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 
@@ -75,12 +83,26 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
   return model, config, step
 
 
+def print_sample(model: nnx.Module, config) -> None:
+  """`--sample`: the prompt and what the model writes after it."""
+  spec = build.dataset(config)
+  if not spec.text:
+    raise config_lib.ConfigError(f"--sample needs a language-model run (a text dataset, e.g. configs/austen_lm_dense.py); "
+                                 f"this run's dataset is {config.dataset.name}")
+  if not _SAMPLE.value or _SAMPLE_LENGTH.value < 1 or not _TEMPERATURE.value > 0:
+    raise config_lib.ConfigError("--sample needs a prompt of at least one character, --sample_length >= 1 and "
+                                 "--temperature > 0")
+  prompt = spec.encode(_SAMPLE.value)
+  ids = lm.sample(model, prompt.tolist(), _SAMPLE_LENGTH.value, jax.random.key(_SAMPLE_SEED.value), _TEMPERATURE.value)
+  print(_SAMPLE.value + spec.decode(ids))
+
+
 def svd_truncation(dense: nnx.Module, config, ranks: dict[str, int], test) -> tuple[nnx.Module, dict]:
   """Post-hoc SVD truncation of a dense model at the ranks of a low-rank run of `config`, and its test result."""
   full_rank = copy.deepcopy(config)  # The low-rank run's layers at their starting (full) rank.
   full_rank.layers.rank_ratio, full_rank.layers.ranks = 1.0, {}
-  svd = deploy.from_dense(dense, full_rank, build.INPUT_SHAPE, build.NUM_CLASSES)
-  truncated = deploy.export(svd, config, ranks, build.INPUT_SHAPE, build.NUM_CLASSES)[0]
+  svd = deploy.from_dense(dense, full_rank)
+  truncated = deploy.export(svd, config, ranks)[0]
   return truncated, test(truncated)
 
 
@@ -146,17 +168,19 @@ def main(argv) -> None:
   if argv[1:]:
     sys.exit(f"error: unknown arguments {argv[1:]}; the only command is `report <sweep folder>`")
   put = sharding.batch_placer(mesh, whole=True)
-  shape, classes = build.INPUT_SHAPE, build.NUM_CLASSES
   try:
     if _EXPORTED.value:
       folder = pathlib.Path(_EXPORTED.value)
       exported = json.loads((folder / "export.json").read_text())
       load = nm_export.load if exported.get("format") == "nm" else deploy.load_exported
-      model, config = load(folder, shape, classes)
+      model, config = load(folder)
       step, workdir = exported["step"], folder
     elif _WORKDIR.value:
       workdir = pathlib.Path(_WORKDIR.value)
       model, config, step = restore(workdir, _STEP.value, mesh)
+      if _SAMPLE.value is not None:
+        print_sample(model, config)
+        return
     else:
       raise config_lib.ConfigError("pass --workdir=<run folder> or --exported=<export folder>")
     train_source, test_source = build.datasets(config)
@@ -175,16 +199,17 @@ def main(argv) -> None:
     sys.exit(f"error: {e}")
 
   test = lambda m: evaluation.evaluate(m, data.eval_batches(test_source, config.eval_batch_size,
-                                                            config.dataset.eval_limit or None), put)
+                                                            config.dataset.eval_limit or None), put,
+                                       build.dataset(config).text)
   result = test(model)
   report = {"step": step, "params/total": build.count_params(model), **{f"eval/{k}": v for k, v in result.items()}}
   rows = [{"run": workdir.name, "step": step, "params": report["params/total"], "test accuracy": result["accuracy"]}]
   if lowrank_model:
-    report["macs"] = deploy.forward_macs(model, shape)
+    report["macs"] = deploy.forward_macs(model, config)
     report["ranks"] = maestro.ranks(model)
 
   if fractions:
-    sweep = deploy.rank_sweep(model, config, fractions, test, shape, classes)
+    sweep = deploy.rank_sweep(model, config, fractions, test)
     if baseline is not None:
       for row in sweep:
         row["svd_accuracy"] = svd_truncation(baseline, config, row["ranks"], test)[1]["accuracy"]
@@ -199,10 +224,10 @@ def main(argv) -> None:
     n = min(_SEARCH_EXAMPLES.value, len(train_source))
     held_out = next(data.eval_batches(train_source, n, None, start=len(train_source) - n))
     score = lambda m: evaluation.evaluate(m, [held_out], put)["accuracy"]
-    chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score, shape)
-    searched, _ = deploy.export(model, config, chosen, shape, classes)
+    chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score, config)
+    searched, _ = deploy.export(model, config, chosen)
     report["greedy_search"] = {"budget": _BUDGET.value, "ranks": chosen, "params": build.count_params(searched),
-                               "macs": deploy.forward_macs(searched, shape), "accuracy": test(searched)["accuracy"]}
+                               "macs": deploy.forward_macs(searched, config), "accuracy": test(searched)["accuracy"]}
     rows.append({"greedy search": f"≤{_BUDGET.value:g} MACs", "params": report["greedy_search"]["params"],
                  "MACs": int(report["greedy_search"]["macs"]), "test accuracy": report["greedy_search"]["accuracy"]})
   if _EXPORT.value and nm_model:
@@ -213,9 +238,9 @@ def main(argv) -> None:
                  "dense (bytes)": b["nm_kernels_dense"], "ratio": b["nm_kernels_packed"] / b["nm_kernels_dense"],
                  "model (bytes)": b["model_packed"], "model dense (bytes)": b["model_dense"]})
   elif _EXPORT.value:
-    exported, exported_config = deploy.export(model, config, chosen, shape, classes)
+    exported, exported_config = deploy.export(model, config, chosen)
     summary = {"step": step, "ranks": chosen, "params": build.count_params(exported),
-               "macs": deploy.forward_macs(exported, shape), "accuracy": test(exported)["accuracy"]}
+               "macs": deploy.forward_macs(exported, config), "accuracy": test(exported)["accuracy"]}
     deploy.save_exported(pathlib.Path(_EXPORT.value), exported, exported_config, summary)
     report["export"] = {"folder": _EXPORT.value, **summary}
 

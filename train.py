@@ -95,6 +95,7 @@ def main(argv) -> None:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)
   eval_batches = lambda: data.eval_batches(test_source, config.eval_batch_size, config.dataset.eval_limit or None)
   put_whole = sharding.batch_placer(mesh, whole=True)
+  text = build.dataset(config).text  # Character targets: evaluation adds bits per character.
 
   def sync_model():
     nnx.update(model, state[0])
@@ -132,14 +133,14 @@ def main(argv) -> None:
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
                  "time/train_s": time.time() - clock, **_peak_memory(), **method.metrics(step, model)}
       if step % config.eval_every == 0 or step == config.num_steps:
-        logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole).items()}
+        logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole, text).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []
     if step < config.num_steps and (step == warmup or method.host_update_due(step)):
       sync_model()
       if step == warmup:  # End of the dense warm-up: switch to the SVD factors, fresh moments.
-        model = deploy.from_dense(model, config, build.INPUT_SHAPE, build.NUM_CLASSES)
+        model = deploy.from_dense(model, config)
         method = method_lib.build(config, model)
         optimizer = build.optimizer_at(model, config, step)
         train_step = make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite)
@@ -173,6 +174,7 @@ def main(argv) -> None:
         "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
         "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
+        **({"test bits/char": final["eval/bits_per_char"]} if "eval/bits_per_char" in final else {}),
     }]))
     print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
 

@@ -51,7 +51,7 @@ def measure() -> dict:
 
   mesh = sharding.mesh()
   put = sharding.batch_placer(mesh)
-  batches = [put({"image": rng.random((BATCH, 28, 28, 1), np.float32), "label": rng.integers(0, 10, BATCH).astype(np.int32)})
+  batches = [put({"inputs": rng.random((BATCH, 28, 28, 1), np.float32), "targets": rng.integers(0, 10, BATCH).astype(np.int32)})
              for rng in map(np.random.default_rng, range(_STEPS.value))]
   results = {}
   for name, (module, arg) in CONFIGS.items():

@@ -58,11 +58,11 @@ def lowrank_rows(name: str, fractions: list[float], batches: list[int]) -> list[
   config = importlib.import_module(f"configs.fmnist_{name}_maestro").get_config()
   dense = build.model(config, dense=True)
   full = build.model(config)
-  exported = {f"{f:g} of dense": deploy.export(full, config, deploy.param_fraction_ranks(full, f), build.INPUT_SHAPE,
-                                               build.NUM_CLASSES)[0] for f in fractions}
+  exported = {f"{f:g} of dense": deploy.export(full, config, deploy.param_fraction_ranks(full, f))[0]
+              for f in fractions}
   rows = []
   for batch in batches:
-    x = np.random.default_rng(0).random((batch, *build.INPUT_SHAPE), np.float32)
+    x = np.random.default_rng(0).random(build.example_input(config, batch).shape, np.float32)
     runs, flops = {}, {}
     for label, model in {"dense": dense, **exported}.items():
       runs[label], flops[label] = forward(model, x)

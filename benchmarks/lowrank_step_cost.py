@@ -89,8 +89,8 @@ def compilations(config, batch, mesh) -> dict[str, int]:
 
 def random_batch(mesh, size: int) -> dict:
   rng = np.random.default_rng(0)
-  return sharding.batch_placer(mesh)({"image": rng.random((size, 28, 28, 1), np.float32),
-                                     "label": rng.integers(0, 10, size).astype(np.int32)})
+  return sharding.batch_placer(mesh)({"inputs": rng.random((size, 28, 28, 1), np.float32),
+                                     "targets": rng.integers(0, 10, size).astype(np.int32)})
 
 
 def step_cost_rows(config, batch, mesh, fractions: list[float]) -> list[dict]:
@@ -114,7 +114,7 @@ def step_cost_rows(config, batch, mesh, fractions: list[float]) -> list[dict]:
   for name, s in seconds.items():
     predicted = costs["dense"]["flops"] / costs[name]["flops"]
     measured = seconds["dense"] / s
-    rows.append({"batch": batch["label"].shape[0], "model, step": name, "params": params[name],
+    rows.append({"batch": batch["targets"].shape[0], "model, step": name, "params": params[name],
                  "vs dense params": params[name] / params["dense"], "ms/step": 1e3 * s,
                  "GFLOP/step": costs[name]["flops"] / 1e9, "FLOP-predicted speedup": predicted,
                  "measured speedup": measured, "of predicted": measured / predicted,

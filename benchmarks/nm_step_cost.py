@@ -84,8 +84,8 @@ def main(_):
     module = CONFIGS[name]
     config = module.get_config()
     rng = np.random.default_rng(0)
-    batch = sharding.batch_placer(mesh)({"image": rng.random((config.batch_size, 28, 28, 1), np.float32),
-                                      "label": rng.integers(0, 10, config.batch_size).astype(np.int32)})
+    batch = sharding.batch_placer(mesh)({"inputs": rng.random((config.batch_size, 28, 28, 1), np.float32),
+                                      "targets": rng.integers(0, 10, config.batch_size).astype(np.int32)})
     steppers = {}
     for v, arg in VARIANTS.items():
       try:

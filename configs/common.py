@@ -12,14 +12,17 @@ def epochs(n: float, batch_size: int) -> int:
   return int(n * TRAIN_EXAMPLES // batch_size)
 
 
-def base(model: dict, *, num_epochs: float, batch_size: int = 256, learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
+def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: int = 256, learning_rate: float = 1e-3,
+         dataset: dict | None = None) -> ml_collections.ConfigDict:
+  """A Fashion-MNIST experiment of `num_epochs`, or `num_steps` on `dataset` (its fields: name, eval_limit, and where
+  its files are)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.dataset = dict(name="fashion_mnist", data_dir="", idx_dir="", eval_limit=0)  # "" / 0: defaults, the whole split.
+  c.dataset = dataset or dict(name="fashion_mnist", data_dir="", idx_dir="", eval_limit=0)  # "" / 0: defaults, all.
   c.model = model
   c.layers = dict(type="dense", keep_dense=())
   c.batch_size = batch_size
-  c.num_steps = epochs(num_epochs, batch_size)
+  c.num_steps = num_steps or epochs(num_epochs, batch_size)
   c.optimizer = dict(name="adamw", learning_rate=learning_rate, weight_decay=1e-4, warmup_steps=c.num_steps // 20,
                      schedule="cosine", grad_clip=1.0)
   c.log_every = 50
@@ -44,12 +47,22 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.log_every = 5
   c.eval_every = 10
   c.checkpoint_every = 10
-  c.eval_batch_size = 80  # <= the tests' 100-example test split, and divisible by 8 (and 16) devices.
+  c.eval_batch_size = 80 if c.dataset.name == "fashion_mnist" else 8  # <= the tests' test splits (100 images; 8
+  # windows of text), and divisible by 8 devices.
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
   if "lowrank" in c:
     c.lowrank.shrink_every = 10 if c.lowrank.shrink_every else 0
     c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps else 0
+  return c
+
+
+def austen_lm(*, num_steps: int, batch_size: int, learning_rate: float, model: dict) -> ml_collections.ConfigDict:
+  """The character-level language model on Jane Austen's novels (data/austen.py, models/lm.py), dense."""
+  c = base(dict(name="lm", **model), num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate,
+           dataset=dict(name="austen", data_dir="", rdata_dir="", eval_limit=0))
+  c.optimizer.weight_decay = 0.1
+  c.eval_batch_size = 131  # The test split's 1572 windows in 12 batches.
   return c
 
 

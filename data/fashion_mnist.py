@@ -65,6 +65,12 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image[..., None], "label": int(label)}
 
 
+def collate(records: list[dict]) -> dict[str, np.ndarray]:
+  """Images as float32 in [0, 1] `(b, 28, 28, 1)`, labels `(b,)`."""
+  return {"inputs": np.stack([r["image"] for r in records]).astype(np.float32) / 255.0,
+          "targets": np.asarray([r["label"] for r in records], dtype=np.int32)}
+
+
 def load(split: str, data_dir: str | None = None, idx_dir: str | None = None):
   """Prepares the dataset once (a few seconds) and returns a random-access source."""
   builder = FashionMnistIdx(data_dir=data_dir or DEFAULT_DATA_DIR, idx_dir=idx_dir, file_format="array_record")

@@ -4,18 +4,13 @@ Shuffling and batching act on *indices*; each batch is then read with one
 random-access call, which is ~5x faster than reading records one by one.
 The iterator's state (`get_state()`) is saved with every checkpoint, so a
 resumed run sees exactly the batches an uninterrupted run would have seen.
+A `source` is a `data.Split`: its length, and `batch(indices)` -> arrays.
 """
 
 from typing import Iterator
 
 import grain
 import numpy as np
-
-
-def _to_arrays(records: list[dict]) -> dict[str, np.ndarray]:
-  image = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0  # (b, 28, 28, 1)
-  label = np.asarray([r["label"] for r in records], dtype=np.int32)  # (b,)
-  return {"image": image, "label": label}
 
 
 def train_iterator(source, batch_size: int, seed: int, *, process_index: int = 0,
@@ -28,8 +23,7 @@ def train_iterator(source, batch_size: int, seed: int, *, process_index: int = 0
   local_batch = batch_size // process_count
   indices = (grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
              .batch(batch_size, drop_remainder=True))
-  batches = indices.map(lambda ix: _to_arrays(
-      source.__getitems__(ix[process_index * local_batch:(process_index + 1) * local_batch].tolist())))
+  batches = indices.map(lambda ix: source.batch(ix[process_index * local_batch:(process_index + 1) * local_batch]))
   return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
 
 
@@ -40,7 +34,7 @@ def eval_batches(source, batch_size: int, limit: int | None = None, start: int =
   end = len(source) if limit is None else min(start + limit, len(source))
   for first in range(start, end, batch_size):
     ix = list(range(first, min(first + batch_size, end)))
-    batch = _to_arrays(source.__getitems__(ix))
+    batch = source.batch(ix)
     pad = batch_size - len(ix)
     batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
     batch["mask"] = np.concatenate([np.ones(len(ix), np.float32), np.zeros(pad, np.float32)])

@@ -4,6 +4,8 @@ train.py and eval.py build through here, so both see the same model. All of it
 is checked (`check`) before anything is compiled or written to a workdir.
 """
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +20,6 @@ from experiment.config import ConfigError, check as check_fields
 OPTIMIZERS = {"adamw", "sgd"}
 SCHEDULES = {"cosine", "constant"}
 WANDB_MODES = {"online", "offline", "disabled"}
-INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -28,11 +29,26 @@ def check(config: ml_collections.ConfigDict) -> None:
       "optimizer.schedule": list(SCHEDULES), "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
 
 
-def datasets(config: ml_collections.ConfigDict):
-  """(train, test) random-access sources; prepares the TFDS dataset on first use."""
-  load = data.DATASETS[config.dataset.name]
-  kwargs = dict(data_dir=config.dataset.data_dir or None, idx_dir=config.dataset.idx_dir or None)
-  train, test = load("train", **kwargs), load("test", **kwargs)
+def dataset(config: ml_collections.ConfigDict) -> data.Dataset:
+  """What the configured dataset is: input shape and dtype, classes, how to load and batch it."""
+  return data.DATASETS[config.dataset.name]
+
+
+def example_input(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Array:
+  """Zeros shaped like a batch of the dataset's inputs (to trace or cost a model)."""
+  spec = dataset(config)
+  return jnp.zeros((batch, *spec.input_shape), spec.input_dtype)
+
+
+def datasets(config: ml_collections.ConfigDict) -> tuple[data.Split, data.Split]:
+  """(train, test) splits; prepares the TFDS dataset on first use."""
+  spec = dataset(config)
+  fields = {k: v or None for k, v in config.dataset.items() if k not in ("name", "eval_limit")}  # Where its files are.
+  takes = set(inspect.signature(spec.load).parameters) - {"split"}
+  if set(fields) - takes:
+    raise ConfigError(f"config.dataset.{sorted(set(fields) - takes)[0]} is not a field of the {config.dataset.name} "
+                      f"dataset, which takes {sorted(takes)} (and name, eval_limit)")
+  train, test = (data.Split(spec.load(split, **fields), spec.collate) for split in ("train", "test"))
   for field, split, name in (("batch_size", train, "train"), ("eval_batch_size", test, "test")):
     if config[field] > len(split):
       raise ConfigError(f"config.{field}={config[field]} exceeds the {len(split)} examples of the {name} split; "
@@ -43,8 +59,10 @@ def datasets(config: ml_collections.ConfigDict):
 def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
   """The configured model; `dense=True`: the same model with every layer dense."""
   layers = {"type": "dense"} if dense else config.layers
+  spec = dataset(config)
   try:
-    return models.build(config.model, layers, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, seed=config.seed)
+    return models.build(config.model, layers, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                        seed=config.seed)
   except TypeError as e:  # A keyword the model or layer does not take.
     raise ConfigError(f"config.model / config.layers has a field the model does not take: {e}") from e
   except ValueError as e:  # Layers name the field in their message.

@@ -17,9 +17,9 @@ def _gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: d
   key = jax.random.fold_in(jax.random.key(seed), step)
 
   def forward(model, soft_targets):
-    logits = model(batch["image"])  # (b, classes)
+    logits = model(batch["inputs"])  # (b, classes) or, per token, (b, t, classes)
     if soft_targets is None:
-      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(), logits
     return optax.softmax_cross_entropy(logits, soft_targets).mean(), logits
 
   def loss_fn(model):
@@ -47,7 +47,7 @@ def make_train_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: st
     model, optimizer = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
     (loss, logits, extra), grads = _gradients(method, seed, model, batch, step)
     optimizer.update(model, grads)
-    step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+    step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["targets"]),
                     "train/grad_norm": optax.tree.norm(grads),
                     "train/param_norm": optax.tree.norm(nnx.state(model, nnx.Param)), **extra}
     new_state = (nnx.state(model), nnx.state(optimizer))

@@ -17,7 +17,6 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-import models
 from experiment import build
 from lowrank.layers import LowRankConv, LowRankLinear
 from lowrank.maestro import ceil_ratio, lod_layers, ranks, set_active_ranks
@@ -31,10 +30,11 @@ def _is_lod(module) -> bool:
   return isinstance(module, (LowRankLinear, LowRankConv))
 
 
-def forward_macs(model: nnx.Module, input_shape: tuple[int, ...]) -> float:
+def forward_macs(model: nnx.Module, config: ml_collections.ConfigDict) -> float:
+  """Multiply-accumulates of one forward pass of one example of `config`'s dataset (XLA's flops / 2)."""
   graphdef, state = nnx.split(model)
   fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-  cost = fn.lower(state, jnp.zeros((1, *input_shape))).cost_analysis()
+  cost = fn.lower(state, build.example_input(config)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) / 2
 
@@ -50,8 +50,8 @@ def param_fraction_ranks(model: nnx.Module, fraction: float) -> dict[str, int]:
   return {name: max(1, round(fraction * i * o / (i + o))) for name, (i, o) in sizes.items()}
 
 
-def export(model: nnx.Module, config: ml_collections.ConfigDict, chosen: dict[str, int],
-           input_shape: tuple[int, ...], num_classes: int) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def export(model: nnx.Module, config: ml_collections.ConfigDict,
+           chosen: dict[str, int]) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """A standalone model with each LoD layer sliced to `chosen[name]`; a layer
   where r·(in+out) ≥ in·out becomes a dense kernel `down @ up` again.
   Returns the model and the config that rebuilds it."""
@@ -62,7 +62,7 @@ def export(model: nnx.Module, config: ml_collections.ConfigDict, chosen: dict[st
     config.layers.type = "lowrank"
     config.layers.keep_dense = tuple(config.layers.get("keep_dense", ())) + tuple(to_dense)
     config.layers.ranks = {n: int(chosen[n]) for n in layers if n not in to_dense}
-  new = models.build(config.model, config.layers, input_shape=input_shape, num_classes=num_classes, seed=0)
+  new = build.model(config)
   old_modules = {tuple(p): m for p, m in nnx.iter_graph(model)}
   for path, module in nnx.iter_graph(new):
     old = old_modules.get(tuple(path))
@@ -79,13 +79,12 @@ def export(model: nnx.Module, config: ml_collections.ConfigDict, chosen: dict[st
   return new, config
 
 
-def from_dense(dense: nnx.Module, config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
-               num_classes: int) -> nnx.Module:
+def from_dense(dense: nnx.Module, config: ml_collections.ConfigDict) -> nnx.Module:
   """The dense model with every layer that `config.layers` (type lowrank) factorizes
   replaced by its truncated SVD, down = P·√S, up = √S·Qᵀ, at that layer's
   configured rank: post-hoc SVD truncation (the baseline), and the switch after
   a dense warm-up."""
-  lowrank_model = models.build(config.model, config.layers, input_shape=input_shape, num_classes=num_classes, seed=0)
+  lowrank_model = build.model(config)
   dense_modules = {tuple(p): m for p, m in nnx.iter_graph(dense)}
   for path, module in nnx.iter_graph(lowrank_model):
     if _is_lod(module):
@@ -109,18 +108,18 @@ def _copy_other_params(source: nnx.Module, target: nnx.Module) -> None:
   nnx.update(target, nnx.from_flat_state(rest))
 
 
-def greedy_rank_search(model: nnx.Module, budget_macs: float, score, input_shape: tuple[int, ...],
+def greedy_rank_search(model: nnx.Module, budget_macs: float, score, config: ml_collections.ConfigDict,
                        step_fraction: float = 0.1) -> dict[str, int]:
   """Maestro's deploy-time search: from the current ranks, repeatedly cut the
   layer whose cut (by ceil(step_fraction · r)) loses the least score per MAC
   saved, until the low-rank MACs fit `budget_macs`. `score(model)` runs the
   model as it is (active ranks set) on a held-out batch."""
   current = ranks(model)
-  full_macs = forward_macs(model, input_shape)
+  full_macs = forward_macs(model, config)
   per_component = {}  # MACs one rank component of each layer costs.
   for layer in lod_layers(model):
     per_component[layer.name] = _fan_in(layer) + layer.up.shape[1]
-  positions = _positions(model, input_shape, per_component, full_macs)
+  positions = _positions(model, config, per_component, full_macs)
   macs = lambda r: full_macs - sum(positions[n] * per_component[n] * (current[n] - r[n]) for n in r)
   chosen = dict(current)
   while macs(chosen) > budget_macs:
@@ -143,7 +142,7 @@ def greedy_rank_search(model: nnx.Module, budget_macs: float, score, input_shape
   return chosen
 
 
-def _positions(model, input_shape, per_component, full_macs) -> dict[str, float]:
+def _positions(model, config, per_component, full_macs) -> dict[str, float]:
   """How many positions (tokens, pixels) each LoD layer is applied at: the
   MACs saved by slicing one component off it, divided by that component's size."""
   result = {}
@@ -156,7 +155,7 @@ def _positions(model, input_shape, per_component, full_macs) -> dict[str, float]
       if t.name == layer.name:
         t.down = nnx.Param(t.down[...][..., :-1])
         t.up = nnx.Param(t.up[...][:-1])
-    saved = full_macs - forward_macs(trial, input_shape)
+    saved = full_macs - forward_macs(trial, config)
     result[layer.name] = max(1.0, round(saved / per_component[layer.name]))
   return result
 
@@ -169,25 +168,25 @@ def save_exported(folder: pathlib.Path, model: nnx.Module, config: ml_collection
     ckpt.save((folder / "model").absolute(), nnx.state(model), force=True)
 
 
-def load_exported(folder: pathlib.Path, input_shape: tuple[int, ...], num_classes: int) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def load_exported(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """The exported model, standalone: rebuilt from its config, weights restored."""
   config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
-  model = models.build(config.model, config.layers, input_shape=input_shape, num_classes=num_classes, seed=0)
+  model = build.model(config)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
   with ocp.StandardCheckpointer() as ckpt:
     nnx.update(model, ckpt.restore((folder / "model").absolute(), abstract))
   return model, config
 
 
-def rank_sweep(model: nnx.Module, config: ml_collections.ConfigDict, fractions: list[float], evaluate,
-               input_shape: tuple[int, ...], num_classes: int) -> list[dict]:
+def rank_sweep(model: nnx.Module, config: ml_collections.ConfigDict, fractions: list[float],
+               evaluate) -> list[dict]:
   """Accuracy, parameters and MACs of the model exported at each rank fraction."""
   rows = []
   for f in fractions:
     chosen = fraction_ranks(model, f)
-    exported, _ = export(model, config, chosen, input_shape, num_classes)
+    exported, _ = export(model, config, chosen)
     result = evaluate(exported)
-    rows.append({"rank_fraction": f, "params": build.count_params(exported), "macs": forward_macs(exported, input_shape),
+    rows.append({"rank_fraction": f, "params": build.count_params(exported), "macs": forward_macs(exported, config),
                  "accuracy": result["accuracy"], "loss": result["loss"], "ranks": chosen})
   return rows
 

@@ -4,10 +4,11 @@ from flax import nnx
 
 from models.cnn import CNN
 from models.layers import LAYER_TYPES, LayerFactory
+from models.lm import LM
 from models.mlp import MLP
 from models.vit import ViT
 
-MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT}
+MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT, "lm": LM}
 
 
 def build(model_config, layers_config, *, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nnx.Module:

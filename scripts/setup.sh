@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs whatever is missing, and nothing twice:
 #   1. .venv with the pinned packages (pyproject.toml + requirements.lock);
-#   2. the Fashion-MNIST IDX files: the Debian package dataset-fashion-mnist
+#   2. Jane Austen's novels: the Debian package r-cran-janeaustenr, unpacked
+#      (apt-get download + dpkg -x, so R is not pulled in) into .data/debian;
+#   3. the Fashion-MNIST IDX files: the Debian package dataset-fashion-mnist
 #      (apt-get install as root; apt-get download + dpkg -x into .data/debian
 #      otherwise). If neither works, train.py downloads the upstream files on
 #      first use when online, and otherwise says what to do.
@@ -18,6 +20,19 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+austen=.data/debian/usr/lib/R/site-library/janeaustenr/data
+if [ ! -f /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx ] && [ ! -f "$austen/Rdata.rdx" ]; then
+  echo "Unpacking Jane Austen's novels (Debian package r-cran-janeaustenr, 1.6 MB)..."
+  tmp=$(mktemp -d)
+  mkdir -p .data/debian
+  if ! { (cd "$tmp" && apt-get download r-cran-janeaustenr >/dev/null 2>&1) \
+         && dpkg -x "$tmp"/r-cran-janeaustenr_*.deb .data/debian; }; then
+    echo "warning: could not unpack the Debian package r-cran-janeaustenr; the language-model configs" \
+         "(configs/austen_lm_*.py) need it, or --config.dataset.rdata_dir" >&2
+  fi
+  rm -rf "$tmp"
 fi
 
 files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-import models
+from experiment import build
 from sparsity.masks import nm_mask
 from sparsity.training import nm_layers
 
@@ -69,11 +69,11 @@ def export(model: nnx.Module, config: ml_collections.ConfigDict, folder: pathlib
   return report
 
 
-def load(folder: pathlib.Path, input_shape: tuple[int, ...], num_classes: int) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def load(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """The exported model, standalone: rebuilt from its config, kernels unpacked, patterns set (hard masks)."""
   config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
   patterns = json.loads((folder / "export.json").read_text())["patterns"]
-  model = models.build(config.model, config.layers, input_shape=input_shape, num_classes=num_classes, seed=0)
+  model = build.model(config)
   layers = {"/".join(map(str, (*path, "kernel"))): layer for path, layer in nm_layers(model)}
   weights = np.load(folder / "weights.npz")
   flat = []

@@ -46,12 +46,12 @@ class _Source:
   def __len__(self):
     return 50
 
-  def __getitems__(self, ix):
-    return [{"image": np.full((2, 2, 1), i, np.uint8), "label": i} for i in ix]
+  def batch(self, ix):
+    return {"inputs": np.full((len(ix), 2, 2, 1), 0.5, np.float32), "targets": np.asarray(ix, np.int32)}
 
 
 def _labels(iterator, n):
-  return np.concatenate([next(iterator)["label"] for _ in range(n)])
+  return np.concatenate([next(iterator)["targets"] for _ in range(n)])
 
 
 def test_train_iterator_is_a_fresh_permutation_every_epoch():
@@ -82,7 +82,7 @@ def test_process_shards_partition_each_global_batch():
 
 def test_eval_batches_count_every_example_once():
   batches = list(pipeline.eval_batches(_Source(), 16, limit=45))
-  assert all(b["label"].shape == (16,) for b in batches)
+  assert all(b["targets"].shape == (16,) for b in batches)
   mask = np.concatenate([b["mask"] for b in batches])
-  labels = np.concatenate([b["label"] for b in batches])
+  labels = np.concatenate([b["targets"] for b in batches])
   np.testing.assert_array_equal(labels[mask == 1], np.arange(45))

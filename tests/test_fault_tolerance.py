@@ -263,8 +263,8 @@ def test_skip_nonfinite_keeps_the_state_of_a_nan_batch_and_counts_it():
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   step = make_train_step(method_lib.Method(), 0, mesh, skip_nonfinite=True)
   rng = np.random.default_rng(0)
-  good = {"image": rng.random((32, 28, 28, 1), np.float32), "label": rng.integers(0, 10, 32).astype(np.int32)}
-  bad = {**good, "image": np.where(np.arange(32)[:, None, None, None] == 3, np.nan, good["image"]).astype(np.float32)}
+  good = {"inputs": rng.random((32, 28, 28, 1), np.float32), "targets": rng.integers(0, 10, 32).astype(np.int32)}
+  bad = {**good, "inputs": np.where(np.arange(32)[:, None, None, None] == 3, np.nan, good["inputs"]).astype(np.float32)}
   state = sharding.place((model_state, opt_state), mesh, "data")
   before = jax.tree.map(np.asarray, state)
   state, out = step(model_def, opt_def, state, bad, jnp.int32(1))

@@ -128,6 +128,7 @@ def _two_processes(name: str, workdir, tiny_data, sigterm_after: int | None = No
   return [err for _, err in outs]
 
 
+@pytest.mark.slow  # The FSDP test below runs 2 processes too, with shrinking and a SIGTERM.
 def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
   one = _train("dense", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   _two_processes("dense", tmp_path / "two", tiny_data)

@@ -80,19 +80,19 @@ def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask(
   mesh = sharding.mesh()
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   rng = np.random.default_rng(0)
-  batch = sharding.batch_placer(mesh)({"image": rng.random((32, 28, 28, 1), np.float32),
-                                    "label": rng.integers(0, 10, 32).astype(np.int32)})
+  batch = sharding.batch_placer(mesh)({"inputs": rng.random((32, 28, 28, 1), np.float32),
+                                    "targets": rng.integers(0, 10, 32).astype(np.int32)})
   step = make_train_step(method, 0, mesh)
   state, _ = step(model_def, opt_def, sharding.place((model_state, opt_state), mesh, "data"), batch, jnp.int32(1))
   trained = nnx.merge(model_def, state[0])
-  x = batch["image"].reshape(32, -1)
+  x = batch["inputs"].reshape(32, -1)
   h = x
   for path, layer in nm_layers(trained):
     assert float(layer.alpha[...]) == 0.0 and layer.sparsity.soft
   for layer in trained.hidden:
     w = layer.kernel[...]
     h = jax.nn.relu(h @ (w * sparsity.nm_mask(w, 1, 8, 0)) + layer.bias[...])
-  np.testing.assert_allclose(trained(batch["image"]), trained.head(h), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(trained(batch["inputs"]), trained.head(h), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arg,coef", [("method=mdgf", 5 / 20), ("method=mdgf,decay=linear", 2 / 20),

@@ -40,8 +40,9 @@ MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at step 5 (and later), before the kill.
 
 
-@pytest.mark.parametrize("config,extra", [(SMOKE, {}), ("configs/fmnist_cnn_dense.py:smoke", {}),
-                                          (MAESTRO_SMOKE, SHRINK), ("configs/fmnist_mlp_pufferfish.py:smoke", {})])
+@pytest.mark.parametrize("config,extra", [  # The CNN and Pufferfish cases add no code path: slow.
+    (SMOKE, {}), pytest.param("configs/fmnist_cnn_dense.py:smoke", {}, marks=pytest.mark.slow),
+    (MAESTRO_SMOKE, SHRINK), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow)])
 def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
   an uninterrupted run ends: same parameters, optimizer state, metrics (and,
