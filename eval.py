@@ -25,12 +25,13 @@ Prints a table and writes `<workdir>/eval.json` (and `plots/rank_sweep.png`).
 accuracy against parameters for low rank with the dense run and its post-hoc
 SVD truncation at each low-rank run's final ranks, rank and sparsity
 trajectories), the code version, the machine and every command, in
-`<folder>/report.md` and `<folder>/plots/`.
+`<folder>/report.md` and `<folder>/plots/` (or `--report_to`, e.g. a folder of docs/).
 """
 
 import copy
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -62,6 +63,7 @@ _SAMPLE = flags.DEFINE_string("sample", None, "Language models: print text gener
 _SAMPLE_LENGTH = flags.DEFINE_integer("sample_length", 500, "--sample: characters to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "--sample: logits are divided by it (lower: more likely text).")
 _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "--sample: random seed.")
+_REPORT_TO = flags.DEFINE_string("report_to", None, "report: write report.md and plots/ here (default: the sweep folder).")
 _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 
@@ -128,15 +130,15 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
           (build.count_params(model), result["accuracy"]))
   chosen = _TRAJECTORIES.value or [r.name for r in results if r.seed == results[0].seed and _changed_shape(r)]
   traced = [r for r in results if r.name in chosen and r.seed == min(x.seed for x in results if x.name == r.name)]
-  figures = [p for p in (report.plot_nm(results, folder), report.plot_params(results, folder, baselines),
-                         report.plot_trajectories(traced, folder)) if p]
+  out = pathlib.Path(_REPORT_TO.value or folder)
+  figures = [p for p in (report.plot_nm(results, out), report.plot_params(results, out, baselines),
+                         report.plot_trajectories(traced, out)) if p]
   rows = report.table(results)
   lines = [f"# Report: {folder.name}", "",
            f"Sweep of `{sweep['config']}`, code {sweep['code']} (report made with code {sweeps.code_version()}), "
            f"{len(results)} finished runs" + (f", {len(missing)} not finished: {', '.join(missing)}" if missing else "")
-           + ".", "", f"Machine: {report.machine()}.", "", "Commands:", "", "```",
-           sweep["command"], f"python eval.py report {folder}" + (f" --trajectories={','.join(_TRAJECTORIES.value)}"
-                                                                 if _TRAJECTORIES.value else ""), "```", "",
+           + ".", "", f"Machine: {sweep.get('machine', 'not recorded')} (this report: {sweeps.machine()}).", "",
+           "Commands:", "", "```", sweep["command"], "python " + shlex.join(sys.argv), "```", "",
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
   for name, points in baselines.items():
     lines += [f"{name}, at each low-rank run's final ranks: " + ", ".join(f"{p:,} params {100 * a:.2f}%"
@@ -144,9 +146,9 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   lines += [f"![{p.stem}](plots/{p.name})" for p in figures] + ["", "<details><summary>Every run's train.py command"
                                                                  "</summary>", "", "```"]
   lines += [r["command"] for r in sweep["runs"]] + ["```", "</details>", ""]
-  (folder / "report.md").write_text("\n".join(lines))
+  (out / "report.md").write_text("\n".join(lines))
   print(metrics.table(rows))
-  print(f"Wrote {folder}/report.md and " + ", ".join(str(p) for p in figures) + f" ({time.time() - started:.0f} s)")
+  print(f"Wrote {out}/report.md and " + ", ".join(str(p) for p in figures) + f" ({time.time() - started:.0f} s)")
 
 
 def _changed_shape(result) -> bool:

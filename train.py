@@ -111,7 +111,8 @@ def main(argv) -> None:
     batch = put(next(batches))
     if step_flops is None:
       step_flops = _flops(train_step, model_def, opt_def, state, batch, step)
-    log_step = step % config.log_every == 0 or step == config.num_steps
+    eval_step = step % config.eval_every == 0 or step == config.num_steps
+    log_step = eval_step or step % config.log_every == 0  # An evaluation is logged whatever log_every is.
     if log_step and method.observes:
       state = (observe_step(model_def, state[0], batch, jnp.int32(step)), state[1])
     state, step_metrics = train_step(model_def, opt_def, state, batch, jnp.int32(step))
@@ -132,7 +133,7 @@ def main(argv) -> None:
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
                  "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
                  "time/train_s": time.time() - clock, **_peak_memory(), **method.metrics(step, model)}
-      if step % config.eval_every == 0 or step == config.num_steps:
+      if eval_step:
         logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole, text).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)

@@ -8,10 +8,7 @@ and `<folder>/plots/`, with the code version, the machine and the commands."""
 import dataclasses
 import json
 import pathlib
-import platform
 import statistics
-
-import jax
 
 from experiment import metrics, plots, sweeps
 from experiment.config import ConfigError
@@ -185,9 +182,3 @@ def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Pa
 
 def _label(key: str) -> str:
   return f"test {key.removeprefix('eval/')}" + (" (%)" if key == "eval/accuracy" else "")
-
-
-def machine() -> str:
-  return (f"{platform.node()}: {platform.machine()}, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}, JAX {jax.__version__} on {jax.devices()[0].device_kind} "
-          f"x{jax.device_count()}")

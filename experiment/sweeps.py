@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import platform
 import shlex
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def finished(workdir: pathlib.Path) -> bool:
 def record(runs: list[Run], folder: pathlib.Path, command: list[str]) -> None:
   """<folder>/sweep.json: the sweep command, the code version, every run and its train.py command."""
   folder.mkdir(parents=True, exist_ok=True)
-  payload = {"command": shlex.join(command), "code": code_version(), "config": runs[0].config_file,
+  payload = {"command": shlex.join(command), "code": code_version(), "machine": machine(), "config": runs[0].config_file,
              "runs": [{"name": r.name, "group": r.group, "seed": r.seed, "overrides": r.overrides,
                        "workdir": r.workdir.name, "command": shlex.join(r.command)} for r in runs]}
   write_atomic(folder / "sweep.json", json.dumps(payload, indent=2) + "\n")
@@ -94,6 +95,15 @@ def code_version() -> str:
   git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
   commit = git("rev-parse", "--short", "HEAD") or "unknown"
   return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine() -> str:
+  """The host, its CPUs, Python, JAX and JAX's devices."""
+  import jax
+
+  return (f"{platform.node()}: {platform.machine()} x{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+          f"Python {platform.python_version()}, JAX {jax.__version__} on {jax.devices()[0].device_kind} "
+          f"x{jax.device_count()}")
 
 
 def run(runs: list[Run], workers: int) -> list[Run]:
