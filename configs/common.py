@@ -51,6 +51,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # windows of text), and divisible by 8 devices.
   c.dataset.eval_limit = 400
   c.wandb.mode = "disabled"
+  if c.model.name == "lm":  # A small transformer: seconds per run.
+    c.model.update(dim=64, depth=2, mlp_dim=256)
   if "lowrank" in c:
     c.lowrank.shrink_every = 10 if c.lowrank.shrink_every else 0
     c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps else 0

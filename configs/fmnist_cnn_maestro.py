@@ -17,3 +17,9 @@ def get_config(arg: str | None = None):
   c = common.base(dict(name="cnn", channels=(32, 64), hidden=256), num_epochs=10)
   c = common.maestro(c, keep_dense=("conv1", "head"), group_lasso=1e-4, shrink_eps=1e-3)
   return common.apply_args(c, parse_arg(arg))
+
+
+def get_sweep():
+  """Dense and Maestro, three seeds."""
+  return dict(seeds=(0, 1, 2), runs=[dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
+                                     dict(name="maestro", group="Maestro", overrides={})])

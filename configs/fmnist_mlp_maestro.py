@@ -20,3 +20,17 @@ def get_config(arg: str | None = None):
   c = common.maestro(c, keep_dense=("head",), group_lasso=7e-5, shrink_eps=1e-3)
   c.lowrank.distill = True
   return common.apply_args(c, parse_arg(arg))
+
+
+def get_sweep():
+  """Dense, Maestro at two group-lasso budgets and the Pufferfish-style baseline (a fixed rank ratio after one dense
+  epoch; fmnist_mlp_pufferfish.py's fields, at this config's 12 epochs) at two ratios, three seeds."""
+  puffer = {"lowrank.group_lasso": 0.0, "lowrank.sampler": "none", "lowrank.distill": False, "lowrank.shrink_every": 0,
+            "lowrank.shrink_eps": 0.0, "lowrank.dense_warmup_steps": common.epochs(1, 256)}
+  return dict(seeds=(0, 1, 2), runs=[
+      dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
+      dict(name="maestro_7e-5", group="Maestro", overrides={"lowrank.group_lasso": 7e-5}),
+      dict(name="maestro_3e-4", group="Maestro", overrides={"lowrank.group_lasso": 3e-4}),
+      dict(name="pufferfish_0.12", group="Pufferfish", overrides={**puffer, "layers.rank_ratio": 0.12}),
+      dict(name="pufferfish_0.06", group="Pufferfish", overrides={**puffer, "layers.rank_ratio": 0.06}),
+  ])

@@ -70,7 +70,8 @@ def one_device(tiny_data, tmp_path_factory):
                                                                       tiny_data))
 
 
-@pytest.mark.parametrize("name,layout", [("dense", "data"), ("dense", "fsdp"), ("maestro", "fsdp"), ("sdgf", "fsdp")])
+@pytest.mark.parametrize("name,layout", [("dense", "data"), ("dense", "fsdp"), ("maestro", "fsdp"),
+                                         pytest.param("sdgf", "fsdp", marks=pytest.mark.slow)])  # N:M: slow.
 def test_eight_devices_follow_the_one_device_trajectory(name, layout, one_device, tiny_data, tmp_path_factory):
   one = one_device(name)
   eight = tmp_path_factory.mktemp("eight") / name

@@ -126,6 +126,7 @@ def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   assert_one_line_error(run("eval.py", "--workdir", str(workdir), check=False), "does not match the model")
 
 
+@pytest.mark.slow  # A baseline; its mask is unit-tested in test_sparsity.
 def test_unstructured_baseline_has_the_same_density(tmp_path, tiny_data):
   workdir = tmp_path / "run"
   run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke,method=unstructured,n=1,m=8", "--workdir", str(workdir),

@@ -110,6 +110,7 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
     assert f"(plots/{plot})" in text
 
 
+@pytest.mark.slow  # Two more runs; eval.py's SVD baseline itself is tested in test_lowrank_train.
 def test_report_of_a_low_rank_sweep_has_the_svd_baseline(tiny_data, tmp_path):
   config = _sweep_config(tmp_path, tiny_data, "fmnist_mlp_maestro", MAESTRO_RUNS, (0,))
   folder = tmp_path / "maestro"
