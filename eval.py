@@ -99,6 +99,13 @@ def print_sample(model: nnx.Module, config) -> None:
   print(_SAMPLE.value + spec.decode(ids))
 
 
+def tester(config, source, put):
+  """model -> its test metrics on `source` (config.eval_batch_size, config.dataset.eval_limit)."""
+  return lambda m: evaluation.evaluate(m, data.eval_batches(source, config.eval_batch_size,
+                                                            config.dataset.eval_limit or None), put,
+                                       build.dataset(config).text)
+
+
 def svd_truncation(dense: nnx.Module, config, ranks: dict[str, int], test) -> tuple[nnx.Module, dict]:
   """Post-hoc SVD truncation of a dense model at the ranks of a low-rank run of `config`, and its test result."""
   full_rank = copy.deepcopy(config)  # The low-rank run's layers at their starting (full) rank.
@@ -121,14 +128,12 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
     dense_model = restore(dense.workdir, None, mesh)[0]
     for runs in report.by_name([r for r in results if r.layers == "lowrank"]).values():
       config = workdir_lib.load_config(runs[0].workdir)
-      test_source = build.datasets(config)[1]
-      test = lambda m: evaluation.evaluate(m, data.eval_batches(test_source, config.eval_batch_size,
-                                                                config.dataset.eval_limit or None), put)
+      test = tester(config, build.datasets(config)[1], put)
       ranks = {k.removeprefix("rank/"): int(v) for k, v in runs[0].final.items() if k.startswith("rank/")}
       model, result = svd_truncation(dense_model, config, ranks, test)
       baselines.setdefault(f"SVD of dense ({dense.name} s{dense.seed})", []).append(
           (build.count_params(model), result["accuracy"]))
-  chosen = _TRAJECTORIES.value or [r.name for r in results if r.seed == results[0].seed and _changed_shape(r)]
+  chosen = _TRAJECTORIES.value or [r.name for r in results if r.seed == results[0].seed and report.shape_changes(r.rows)]
   traced = [r for r in results if r.name in chosen and r.seed == min(x.seed for x in results if x.name == r.name)]
   out = pathlib.Path(_REPORT_TO.value or folder)
   figures = [p for p in (report.plot_nm(results, out), report.plot_params(results, out, baselines),
@@ -149,11 +154,6 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   (out / "report.md").write_text("\n".join(lines))
   print(metrics.table(rows))
   print(f"Wrote {out}/report.md and " + ", ".join(str(p) for p in figures) + f" ({time.time() - started:.0f} s)")
-
-
-def _changed_shape(result) -> bool:
-  shape = lambda row: tuple(v for k, v in sorted(row.items()) if k.startswith(("rank/", "nm/n", "nm/m")))
-  return len({shape(row) for row in result.rows if "train/loss" in row}) > 1
 
 
 def main(argv) -> None:
@@ -200,9 +200,7 @@ def main(argv) -> None:
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
 
-  test = lambda m: evaluation.evaluate(m, data.eval_batches(test_source, config.eval_batch_size,
-                                                            config.dataset.eval_limit or None), put,
-                                       build.dataset(config).text)
+  test = tester(config, test_source, put)
   result = test(model)
   report = {"step": step, "params/total": build.count_params(model), **{f"eval/{k}": v for k, v in result.items()}}
   rows = [{"run": workdir.name, "step": step, "params": report["params/total"], "test accuracy": result["accuracy"]}]

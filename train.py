@@ -33,7 +33,7 @@ from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment import workdir as workdir_lib
 from experiment.checkpoint import Checkpoints
-from experiment.step import make_observe_step, make_train_step
+from experiment.step import flops, make_observe_step, make_train_step
 from lowrank import deploy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
@@ -110,7 +110,7 @@ def main(argv) -> None:
   for step in range(start + 1, config.num_steps + 1):  # `step` = optimizer updates done after this one.
     batch = put(next(batches))
     if step_flops is None:
-      step_flops = _flops(train_step, model_def, opt_def, state, batch, step)
+      step_flops = flops(train_step, model_def, opt_def, state, batch, jnp.int32(step))  # XLA's estimate.
     eval_step = step % config.eval_every == 0 or step == config.num_steps
     log_step = eval_step or step % config.log_every == 0  # An evaluation is logged whatever log_every is.
     if log_step and method.observes:
@@ -209,13 +209,6 @@ def _peak_memory() -> dict[str, float]:
   if stats and "peak_bytes_in_use" in stats:
     peak["memory/device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
   return peak
-
-
-def _flops(train_step, model_def, opt_def, state, batch, step: int) -> float:
-  """XLA's estimate of the floating-point operations of one train step."""
-  cost = train_step.lower(model_def, opt_def, state, batch, jnp.int32(step)).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 if __name__ == "__main__":

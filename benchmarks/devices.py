@@ -41,29 +41,18 @@ def measure() -> dict:
 
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  from flax import nnx
 
   from benchmarks import timing
   from experiment import build, sharding
-  from experiment import method as method_lib
-  from experiment.step import make_train_step
 
   mesh = sharding.mesh()
-  put = sharding.batch_placer(mesh)
-  batches = [put({"inputs": rng.random((BATCH, 28, 28, 1), np.float32), "targets": rng.integers(0, 10, BATCH).astype(np.int32)})
-             for rng in map(np.random.default_rng, range(_STEPS.value))]
   results = {}
   for name, (module, arg) in CONFIGS.items():
+    config = importlib.import_module(f"configs.{module}").get_config(arg)
+    batches = [timing.random_batch(config, mesh, BATCH, seed=i) for i in range(_STEPS.value)]
     for layout in LAYOUTS:
-      config = importlib.import_module(f"configs.{module}").get_config(arg)
-      model = build.model(config)
-      method = method_lib.build(config, model)
-      optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-      method.restore(model, optimizer, {})
-      (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-      step = make_train_step(method, config.seed, mesh, layout)
-      box = {"state": sharding.place((model_state, opt_state), mesh, layout), "losses": []}
+      _, step, model_def, opt_def, state = timing.train_setup(config, build.model(config), mesh, layout)
+      box = {"state": state, "losses": []}
 
       def run(batches):
         for i, batch in enumerate(batches):

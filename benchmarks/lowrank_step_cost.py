@@ -24,7 +24,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -33,7 +32,7 @@ from configs import fmnist_mlp_maestro  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from experiment.step import make_train_step  # noqa: E402
-from lowrank import maestro  # noqa: E402
+from lowrank import deploy, maestro  # noqa: E402
 
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.5", "0.25", "0.1"], "Shrunk sizes, as fractions of the dense parameters.")
 _BATCHES = flags.DEFINE_list("batches", ["256", "1024"], "Batch sizes (the config's is 256), each timed on its own.")
@@ -43,19 +42,10 @@ STEPS = {"no sampling": dict(sampler="none", distill=False), "ordered dropout": 
          "Maestro (OD + distillation)": dict(sampler="single_layer", distill=True)}
 
 
-def ranks_at(config, fraction: float) -> dict[str, int]:
-  """Ranks that make fc1 and fc2 each `fraction` of their dense parameters: r·(in + out) = fraction·in·out."""
-  sizes = {"fc1": (784, config.model.hidden[0]), "fc2": config.model.hidden}
-  return {name: max(1, round(fraction * i * o / (i + o))) for name, (i, o) in sizes.items()}
-
-
-def trainer(config, model, batch, mesh):
+def trainer(config, model, batch, mesh, method=None):
   """(run(steps), the jitted step, its arguments at step 0) for `model` trained by `config`."""
-  method = method_lib.build(config, model) if maestro.lod_layers(model) else method_lib.Method()
-  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  step = make_train_step(method, 0, mesh)
-  box = {"state": sharding.place((model_state, opt_state), mesh, "data"), "step": 0}
+  _, step, model_def, opt_def, state = timing.train_setup(config, model, mesh, method=method)
+  box = {"state": state, "step": 0}
 
   def run(steps: int) -> None:
     for _ in range(steps):
@@ -67,7 +57,7 @@ def trainer(config, model, batch, mesh):
   return run, step, (model_def, opt_def, box["state"], batch, jnp.int32(0))
 
 
-def compilations(config, batch, mesh) -> dict[str, int]:
+def compilations(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> dict[str, int]:
   """Compilations of the ordered-dropout train step after 100 steps, then after each of two shrinks (10 steps each)."""
   model = build.model(config)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
@@ -76,7 +66,7 @@ def compilations(config, batch, mesh) -> dict[str, int]:
   for event, steps, shrink_to in (("100 steps with rank sampling", 100, None), ("after shrink 1", 10, 0.5),
                                   ("after shrink 2", 10, 0.25)):
     if shrink_to:
-      maestro.slice_to(model, ranks_at(config, shrink_to), optimizer)
+      maestro.slice_to(model, ranks[shrink_to], optimizer)
     (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
     state = sharding.place((model_state, opt_state), mesh, "data")
     for i in range(steps):
@@ -87,24 +77,19 @@ def compilations(config, batch, mesh) -> dict[str, int]:
   return counts
 
 
-def random_batch(mesh, size: int) -> dict:
-  rng = np.random.default_rng(0)
-  return sharding.batch_placer(mesh)({"inputs": rng.random((size, 28, 28, 1), np.float32),
-                                     "targets": rng.integers(0, 10, size).astype(np.int32)})
-
-
-def step_cost_rows(config, batch, mesh, fractions: list[float]) -> list[dict]:
-  """One row per model and step, timed round-robin against dense on `batch`."""
+def step_cost_rows(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> list[dict]:
+  """One row per model and step, timed round-robin against dense on `batch` (low rank: at full rank and at each
+  fraction of `ranks`)."""
   runs, costs, params = {}, {}, {}
   dense = build.model(config, dense=True)
-  runs["dense"], step, args = trainer(config, dense, batch, mesh)
+  runs["dense"], step, args = trainer(config, dense, batch, mesh, method=method_lib.Method())
   costs["dense"], params["dense"] = timing.xla_cost(step, *args), build.count_params(dense)
-  for fraction in [1.0, *fractions]:
+  for fraction in [1.0, *ranks]:
     for step_name, fields in STEPS.items():
       c = fmnist_mlp_maestro.get_config()
       c.lowrank.update(fields)
       if fraction < 1:
-        c.layers.ranks = ranks_at(config, fraction)
+        c.layers.ranks = ranks[fraction]
       model = build.model(c)
       name = f"{'full rank' if fraction == 1 else f'{fraction:g} of dense'}, {step_name}"
       runs[name], step, args = trainer(c, model, batch, mesh)
@@ -125,15 +110,18 @@ def step_cost_rows(config, batch, mesh, fractions: list[float]) -> list[dict]:
 def main(_):
   config = fmnist_mlp_maestro.get_config()
   mesh = sharding.mesh()
-  fractions = [float(f) for f in _FRACTIONS.value]
-  rows = [row for b in _BATCHES.value for row in step_cost_rows(config, random_batch(mesh, int(b)), mesh, fractions)]
-  compiled = compilations(config, random_batch(mesh, config.batch_size), mesh)
+  full = build.model(config)
+  ranks = {float(f): deploy.param_fraction_ranks(full, float(f)) for f in _FRACTIONS.value}
+  rows = [row for b in _BATCHES.value for row in step_cost_rows(config, timing.random_batch(config, mesh, int(b)), mesh,
+                                                                ranks)]
+  shrinks = {f: deploy.param_fraction_ranks(full, f) for f in (0.5, 0.25)}
+  compiled = compilations(config, timing.random_batch(config, mesh, config.batch_size), mesh, shrinks)
   print(f"Device: {timing.device()}, median of {_REPEATS.value} round-robin rounds of {_STEPS.value} steps; ranks at "
-        f"each fraction: " + ", ".join(f"{f:g}: {ranks_at(config, f)}" for f in fractions))
+        f"each fraction: " + ", ".join(f"{f:g}: {r}" for f, r in ranks.items()))
   print(metrics.table(rows))
   print("Compilations of the ordered-dropout train step: " + ", ".join(f"{k}: {v}" for k, v in compiled.items()))
   out = timing.write("lowrank_step_cost", {"repeats": _REPEATS.value, "steps": _STEPS.value,
-                                           "ranks": {f: ranks_at(config, f) for f in fractions}, "rows": rows,
+                                           "ranks": ranks, "rows": rows,
                                            "compilations": compiled})
   print(f"Wrote {out}")
 

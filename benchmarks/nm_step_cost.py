@@ -21,16 +21,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from configs import fmnist_mlp_nm, fmnist_vit_nm  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
-from experiment import method as method_lib  # noqa: E402
 from experiment.config import ConfigError  # noqa: E402
-from experiment.step import make_observe_step, make_train_step  # noqa: E402
+from experiment.step import make_observe_step  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["vit", "mlp"], "vit (configs/fmnist_vit_nm.py) and/or mlp (fmnist_mlp_nm.py).")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Rounds; each variant's median over them is reported.")
@@ -50,14 +47,9 @@ VARIANTS = {  # name -> config argument
 def stepper(config, batch, mesh):
   """Functions running `steps` real train steps, or observe steps, from their own state (each blocks until done);
   the train step's compilation count and XLA cost."""
-  model = build.model(config)
-  method = method_lib.build(config, model)
-  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  method.restore(model, optimizer, {})
-  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  train_step = make_train_step(method, 0, mesh)
-  observe_step = make_observe_step(method, 0, mesh)
-  box = {"state": sharding.place((model_state, opt_state), mesh, "data"), "step": 1}
+  method, train_step, model_def, opt_def, state = timing.train_setup(config, build.model(config), mesh)
+  observe_step = make_observe_step(method, config.seed, mesh)
+  box = {"state": state, "step": 1}
 
   def run(steps: int) -> None:
     for _ in range(steps):
@@ -83,9 +75,7 @@ def main(_):
   for name in _MODELS.value:
     module = CONFIGS[name]
     config = module.get_config()
-    rng = np.random.default_rng(0)
-    batch = sharding.batch_placer(mesh)({"inputs": rng.random((config.batch_size, 28, 28, 1), np.float32),
-                                      "targets": rng.integers(0, 10, config.batch_size).astype(np.int32)})
+    batch = timing.random_batch(config, mesh, config.batch_size)
     steppers = {}
     for v, arg in VARIANTS.items():
       try:

@@ -1,15 +1,21 @@
-"""What every benchmark script shares: round-robin timing, XLA's cost of a
-compiled function, and the JSON record of the machine it ran on."""
+"""What every benchmark script shares: the real train step on a random batch,
+round-robin timing, XLA's cost of a compiled function, and the JSON record of
+the machine it ran on."""
 
 import json
 import pathlib
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import jax
+import numpy as np
+from flax import nnx
+
+from experiment import build, sharding, sweeps
+from experiment import method as method_lib
+from experiment.step import flops, make_train_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -17,6 +23,24 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 def device() -> str:
   """E.g. `cpu x1`, `NVIDIA H100 80GB HBM3 x1`."""
   return f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+
+
+def random_batch(config, mesh, size: int, seed: int = 0) -> dict:
+  """A batch of `size` random inputs in [0, 1) and labels for `config`'s (image) dataset, split over the mesh."""
+  spec, rng = build.dataset(config), np.random.default_rng(seed)
+  return sharding.batch_placer(mesh)({"inputs": rng.random((size, *spec.input_shape), np.float32),
+                                     "targets": rng.integers(0, spec.num_classes, size).astype(np.int32)})
+
+
+def train_setup(config, model, mesh, layout: str = "data", method=None):
+  """train.py's jitted train step for `model` trained by `config` (`method`: default, the config's), and its
+  arguments but the batch and step: (method, step, model_def, opt_def, placed state)."""
+  method = method or method_lib.build(config, model)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  method.restore(model, optimizer, {})
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  state = sharding.place((model_state, opt_state), mesh, layout)
+  return method, make_train_step(method, config.seed, mesh, layout), model_def, opt_def, state
 
 
 def round_robin(runs: dict[str, Callable[[int], None]], repeats: int, steps: int) -> dict[str, float]:
@@ -35,17 +59,13 @@ def xla_cost(jitted, *args) -> dict[str, float]:
   """XLA's estimate for `jitted(*args)`: flops, and the bytes its buffers take at the peak (arguments, outputs and,
   where the backend reports them, temporaries; the CPU backend reports no temporaries)."""
   compiled = jitted.lower(*args).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return {"flops": float(cost["flops"]), "peak bytes (XLA)": float(compiled.memory_analysis().peak_memory_in_bytes)}
+  return {"flops": flops(jitted, *args), "peak bytes (XLA)": float(compiled.memory_analysis().peak_memory_in_bytes)}
 
 
 def write(name: str, payload: dict) -> pathlib.Path:
   """benchmarks/results/<name>.json with the device, machine, JAX version and code version."""
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=RESULTS.parent).stdout.strip()
   record = {"device": device(), "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
-            "commit": commit, **payload}
+            "commit": sweeps.code_version(), **payload}
   RESULTS.mkdir(exist_ok=True)
   out = RESULTS / f"{name}.json"
   out.write_text(json.dumps(record, indent=2) + "\n")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from absl import app, flags  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from experiment import metrics  # noqa: E402
+from experiment import metrics, report  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps per run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go (default: a temporary folder, deleted).")
@@ -34,13 +34,6 @@ RUNS = {  # name -> config, overrides (shape events every quarter of the run)
     "N:M SR-STE 2:4": ("configs/fmnist_mlp_nm.py:method=srste,n=2,m=4", {}),
     "N:M SDGF stepwise 1:8": ("configs/fmnist_mlp_nm.py:method=sdgf,n=1,m=8", {}),
 }
-
-
-def shape_events(rows: list[dict]) -> int:
-  """How often the logged ranks or N:M pattern changed from one step to the next."""
-  shape = lambda r: tuple(sorted((k, v) for k, v in r.items() if k.startswith(("rank/", "nm/n", "nm/m"))))
-  logged = [shape(r) for r in rows if "train/loss" in r]
-  return sum(a != b for a, b in zip(logged, logged[1:]))
 
 
 def train(name: str, workdir: pathlib.Path) -> dict:
@@ -56,7 +49,7 @@ def train(name: str, workdir: pathlib.Path) -> dict:
   subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
   rows = metrics.read(workdir / "metrics.jsonl")
   last = rows[-1]
-  return {"run": name, "steps": _STEPS.value, "shape events": shape_events(rows),
+  return {"run": name, "steps": _STEPS.value, "shape events": report.shape_changes(rows),
           "compilations": int(last["compiles/train_step"]), "host peak MiB": last["memory/host_peak_mib"],
           "device peak MiB": last.get("memory/device_peak_mib", "n/a (CPU)"),
           "wall time (s)": time.time() - start, "test accuracy": last["eval/accuracy"]}

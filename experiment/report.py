@@ -58,6 +58,13 @@ def collect(folder: pathlib.Path) -> tuple[dict, list[Result], list[str]]:
   return sweep, results, missing
 
 
+def shape_changes(rows: list[dict]) -> int:
+  """How often a run's logged ranks or N:M pattern changed from one logged step to the next (shrinks, frames)."""
+  shape = lambda r: tuple(sorted((k, v) for k, v in r.items() if k.startswith(("rank/", "nm/n", "nm/m"))))
+  logged = [shape(r) for r in rows if "train/loss" in r]
+  return sum(a != b for a, b in zip(logged, logged[1:]))
+
+
 def by_name(results: list[Result]) -> dict[str, list[Result]]:
   out: dict[str, list[Result]] = {}
   for r in results:

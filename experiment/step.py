@@ -30,6 +30,13 @@ def _gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: d
   return (loss, logits, extra), grads
 
 
+def flops(jitted, *args) -> float:
+  """XLA's estimate of the floating-point operations of one call of `jitted` (static arguments included)."""
+  cost = jitted.lower(*args).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
 def make_train_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: str = "data",
                     skip_nonfinite: bool = False):
   """One jitted step: graph definitions (static), (model state, optimizer state), batch, step -> new states, metrics.

@@ -20,6 +20,7 @@ import os
 import pathlib
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -123,7 +124,7 @@ def run(runs: list[Run], workers: int) -> list[Run]:
         left = len(queue)
       print(f"[{index}] {shlex.join(r.command)}", flush=True)
       r.workdir.parent.mkdir(parents=True, exist_ok=True)
-      pin = ["taskset", "-c", str(index % os.cpu_count())] if workers > 1 and _has_taskset() else []
+      pin = ["taskset", "-c", str(index % os.cpu_count())] if workers > 1 and shutil.which("taskset") else []
       with (r.workdir.parent / f"{r.workdir.name}.log").open("a") as log:
         code = subprocess.run([*pin, sys.executable, *r.command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, **single_thread}).returncode
@@ -140,7 +141,3 @@ def run(runs: list[Run], workers: int) -> list[Run]:
   for t in threads:
     t.join()
   return failed
-
-
-def _has_taskset() -> bool:
-  return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from experiment import build
+from experiment.step import flops
 from lowrank.layers import LowRankConv, LowRankLinear
 from lowrank.maestro import ceil_ratio, lod_layers, ranks, set_active_ranks
 
@@ -33,10 +34,7 @@ def _is_lod(module) -> bool:
 def forward_macs(model: nnx.Module, config: ml_collections.ConfigDict) -> float:
   """Multiply-accumulates of one forward pass of one example of `config`'s dataset (XLA's flops / 2)."""
   graphdef, state = nnx.split(model)
-  fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-  cost = fn.lower(state, build.example_input(config)).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) / 2
+  return flops(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)), state, build.example_input(config)) / 2
 
 
 def fraction_ranks(model: nnx.Module, fraction: float) -> dict[str, int]:
