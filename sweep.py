@@ -25,6 +25,8 @@ _CONFIG = flags.DEFINE_string("config", None, "A config file with a get_sweep() 
 _FOLDER = flags.DEFINE_string("folder", None, "The sweep's folder: one workdir per run, sweep.json, the report.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs at a time.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these run names (all seeds); default: all.")
+_SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE added to every run's config, for where the sweep runs "
+                                  "rather than what it tests: e.g. --set wandb.mode=online, --set wandb.mode=disabled.")
 _LIST = flags.DEFINE_bool("list", False, "Print every run's train.py command and whether it is finished; run nothing.")
 
 
@@ -34,7 +36,10 @@ def main(argv) -> None:
   try:
     if _WORKERS.value < 1:
       raise ConfigError(f"--workers={_WORKERS.value} must be >= 1")
-    runs = sweeps.expand(_CONFIG.value, folder)
+    bad = [s for s in _SET.value if "=" not in s]
+    if bad:
+      raise ConfigError(f"--set={bad[0]}: expected FIELD=VALUE, e.g. --set wandb.mode=disabled")
+    runs = sweeps.expand(_CONFIG.value, folder, dict(s.split("=", 1) for s in _SET.value))
     unknown = set(_ONLY.value) - {r.name for r in runs}
     if unknown:
       raise ConfigError(f"--only: no runs named {sorted(unknown)}; the sweep's runs are {sorted({r.name for r in runs})}")

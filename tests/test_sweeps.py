@@ -68,6 +68,14 @@ def test_a_sweep_runs_every_run_as_a_plain_train_py_command(nm_sweep):
   assert {(r["nm/n"], r["nm/m"]) for r in rows if "nm/n" in r} >= {(7, 8), (1, 8)}  # It ran SDGF's frames.
 
 
+def test_set_adds_a_field_to_every_run(nm_sweep):
+  config, folder = nm_sweep
+  out = run("sweep.py", "--config", config, "--folder", str(folder), "--list", "--set", "wandb.mode=online")
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 4 and all(l.startswith("finished") and "--config.wandb.mode=online --config.seed=" in l
+                                 for l in lines)
+
+
 def test_restarting_skips_finished_runs_and_resumes_an_interrupted_one(nm_sweep, tmp_path):
   config, original = nm_sweep
   folder = tmp_path / "nm"
@@ -130,7 +138,8 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
   config, _ = nm_sweep
   for args, needle in ((["--config", "configs/fmnist_mlp_dense.py"], "declares no sweep"),
                        (["--config", config, "--only", "nope"], "no runs named ['nope']"),
-                       (["--config", config, "--workers", "0"], "--workers=0")):
+                       (["--config", config, "--workers", "0"], "--workers=0"),
+                       (["--config", config, "--set", "wandb.mode"], "--set=wandb.mode: expected FIELD=VALUE")):
     out = run("sweep.py", *args, "--folder", str(tmp_path / "x"), check=False)
     assert_one_line_error(out, needle)
     assert not (tmp_path / "x").exists()
