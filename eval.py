@@ -28,6 +28,7 @@ trajectories), the code version, the machine and every command, in
 `<folder>/report.md` and `<folder>/plots/` (or `--report_to`, e.g. a folder of docs/).
 """
 
+import collections
 import copy
 import json
 import pathlib
@@ -139,10 +140,13 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   figures = [p for p in (report.plot_nm(results, out), report.plot_params(results, out, baselines),
                          report.plot_trajectories(traced, out)) if p]
   rows = report.table(results)
+  machines = collections.Counter(" + ".join(sorted({l["machine"] for l in workdir_lib.launches(r.workdir)}))
+                                 or "a machine not recorded (run made before launches.jsonl)" for r in results)
   lines = [f"# Report: {folder.name}", "",
            f"Sweep of `{sweep['config']}`, code {sweep['code']} (report made with code {sweeps.code_version()}), "
            f"{len(results)} finished runs" + (f", {len(missing)} not finished: {', '.join(missing)}" if missing else "")
-           + ".", "", f"Machine: {sweep.get('machine', 'not recorded')} (this report: {sweeps.machine()}).", "",
+           + ".", "", "Machines (each run's launches.jsonl): " + "; ".join(f"{n} runs on {m}" for m, n in machines.items())
+           + f". Last sweep command on {sweep.get('machine', 'not recorded')}; this report on {sweeps.machine()}.", "",
            "Commands:", "", "```", sweep["command"], "python " + shlex.join(sys.argv), "```", "",
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
   for name, points in baselines.items():

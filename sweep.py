@@ -12,6 +12,7 @@ run's output goes to `<folder>/<name>_s<seed>.log`; `<folder>/sweep.json`
 records every run's train.py command and the code version.
 """
 
+import os
 import pathlib
 import shlex
 import sys
@@ -20,6 +21,11 @@ from absl import app, flags
 
 from experiment import sweeps
 from experiment.config import ConfigError
+
+# The runs get the environment as it is; this process only names the device (sweep.json), so on a GPU it takes
+# none of the memory the runs need.
+RUN_ENV = dict(os.environ)
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 _CONFIG = flags.DEFINE_string("config", None, "A config file with a get_sweep() function (configs/*.py).")
 _FOLDER = flags.DEFINE_string("folder", None, "The sweep's folder: one workdir per run, sweep.json, the report.")
@@ -50,7 +56,7 @@ def main(argv) -> None:
       print(f"{'finished' if sweeps.finished(r.workdir) else 'to run  '}  {shlex.join(r.command)}")
     return
   sweeps.record(runs, folder, ["python", *sys.argv])
-  failed = sweeps.run([r for r in runs if not _ONLY.value or r.name in _ONLY.value], _WORKERS.value)
+  failed = sweeps.run([r for r in runs if not _ONLY.value or r.name in _ONLY.value], _WORKERS.value, RUN_ENV)
   if failed:
     sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(r.workdir.name for r in failed)}; their .log files "
              f"in {folder} say why; run the same command to retry them")

@@ -28,7 +28,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 import data
-from experiment import build, evaluation, metrics, plots, sharding
+from experiment import build, evaluation, metrics, plots, sharding, sweeps
 from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment import workdir as workdir_lib
@@ -87,6 +87,8 @@ def main(argv) -> None:
     sys.exit(f"error: {e}")
   if is_main and (start == 0 or changes):
     workdir_lib.save_config(config, workdir, replaced=f"config.before_step_{start}.json" if changes else None)
+  if is_main:
+    workdir_lib.record_launch(workdir, start, ["python", *sys.argv], sweeps.code_version(), sweeps.machine())
   writer = metrics.MetricsWriter(workdir, config, resume_step=start, enabled=is_main)
   resumed = metrics.read(writer.path) if is_main and start and writer.path.exists() else []
   earlier = [r["time/train_s"] for r in resumed if "time/train_s" in r]

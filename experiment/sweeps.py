@@ -108,14 +108,17 @@ def machine() -> str:
           f"x{jax.device_count()}")
 
 
-def run(runs: list[Run], workers: int) -> list[Run]:
-  """Runs every unfinished run, `workers` at a time (each pinned to its own core when several); prints each
-  command before it starts. Returns the runs that failed."""
+def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
+  """Runs every unfinished run, `workers` at a time (on the CPU backend each pinned to its own core when several),
+  in the environment `env` (default: this process's); prints each command before it starts. Returns the runs that
+  failed."""
+  import jax
   todo = [r for r in runs if not finished(r.workdir)]
   print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run with {workers} worker(s)", flush=True)
   queue, failed, lock = list(todo), [], threading.Lock()
   # Several workers: one CPU thread each, and (on a GPU) an equal share of its memory instead of JAX's default 75%.
-  env = {**os.environ, **({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+  pin_cores = workers > 1 and jax.default_backend() == "cpu" and shutil.which("taskset")
+  env = {**(os.environ if env is None else env), **({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
                            "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION",
                                                                             f"{0.9 / workers:.3f}")}
                           if workers > 1 else {})}
@@ -129,7 +132,7 @@ def run(runs: list[Run], workers: int) -> list[Run]:
         left = len(queue)
       print(f"[{index}] {shlex.join(r.command)}", flush=True)
       r.workdir.parent.mkdir(parents=True, exist_ok=True)
-      pin = ["taskset", "-c", str(index % os.cpu_count())] if workers > 1 and shutil.which("taskset") else []
+      pin = ["taskset", "-c", str(index % os.cpu_count())] if pin_cores else []
       with (r.workdir.parent / f"{r.workdir.name}.log").open("a") as log:
         code = subprocess.run([*pin, sys.executable, *r.command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env=env).returncode

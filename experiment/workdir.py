@@ -64,6 +64,21 @@ def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, rep
   write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
+def record_launch(workdir: pathlib.Path, step: int, command: list[str], code: str, machine: str) -> None:
+  """Appends this start (or resume) of the run to launches.jsonl: when, from which step, the command, the code
+  version and the machine, so every run says where each of its steps was computed."""
+  launch = {"time": datetime.datetime.now().isoformat(timespec="seconds"), "step": step,
+            "command": " ".join(command), "code": code, "machine": machine}
+  with (workdir / "launches.jsonl").open("a") as f:
+    f.write(json.dumps(launch) + "\n")
+
+
+def launches(workdir: pathlib.Path) -> list[dict]:
+  """The run's launches.jsonl records (none for runs made before it existed)."""
+  path = workdir / "launches.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / "config.json"
   if not path.is_file():

@@ -111,7 +111,7 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
     expected = f"{100 * statistics.mean(finals):.2f} ± {100 * statistics.stdev(finals):.2f}"
     assert re.search(rf"\| {re.escape(name)} +\| [^|]+\| 2 +\| {re.escape(expected)}", text), (expected, text)
     assert expected in out.stdout
-  assert "Machine: " in text and "code " in text and "python sweep.py --config" in text and "python eval.py report" in text
+  assert re.search(r"Machines \(each run.s launches.jsonl\): 4 runs on [^;]*JAX", text) and "code " in text and "python sweep.py --config" in text and "python eval.py report" in text
   assert f"--workdir {original}/sdgf-stepwise_1of8_s0" in text  # Every run's command.
   for plot in ("nm_levels.png", "trajectories.png"):
     assert (folder / "plots" / plot).stat().st_size > 10_000
