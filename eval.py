@@ -123,7 +123,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   if not results:
     raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
   put = sharding.batch_placer(mesh, whole=True)
-  baselines = {}
+  baselines, key = {}, report.metric(results)
   dense = next((r for r in results if r.layers == "dense"), None)
   if dense and any(r.layers == "lowrank" for r in results):  # SVD of the dense run at each low-rank run's ranks.
     dense_model = restore(dense.workdir, None, mesh)[0]
@@ -133,11 +133,11 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
       ranks = {k.removeprefix("rank/"): int(v) for k, v in runs[0].final.items() if k.startswith("rank/")}
       model, result = svd_truncation(dense_model, config, ranks, test)
       baselines.setdefault(f"SVD of dense ({dense.name} s{dense.seed})", []).append(
-          (build.count_params(model), result["accuracy"]))
+          (build.count_params(model), result[key.removeprefix("eval/")]))
   chosen = _TRAJECTORIES.value or [r.name for r in results if r.seed == results[0].seed and report.shape_changes(r.rows)]
   traced = [r for r in results if r.name in chosen and r.seed == min(x.seed for x in results if x.name == r.name)]
   out = pathlib.Path(_REPORT_TO.value or folder)
-  figures = [p for p in (report.plot_nm(results, out), report.plot_params(results, out, baselines),
+  figures = [p for p in (report.plot_nm(results, out, key), report.plot_params(results, out, baselines, key),
                          report.plot_trajectories(traced, out)) if p]
   rows = report.table(results)
   machines = collections.Counter(" + ".join(sorted({l["machine"] for l in workdir_lib.launches(r.workdir)}))
@@ -150,7 +150,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            "Commands:", "", "```", sweep["command"], "python " + shlex.join(sys.argv), "```", "",
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
   for name, points in baselines.items():
-    lines += [f"{name}, at each low-rank run's final ranks: " + ", ".join(f"{p:,} params {100 * a:.2f}%"
+    lines += [f"{name}, at each low-rank run's final ranks: " + ", ".join(f"{p:,} params {report.shown(key, a)}"
                                                                           for p, a in points) + ".", ""]
   lines += [f"![{p.stem}](plots/{p.name})" for p in figures] + ["", "<details><summary>Every run's train.py command"
                                                                  "</summary>", "", "```"]

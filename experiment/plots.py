@@ -98,7 +98,7 @@ def rank_sweep(workdir: pathlib.Path, sweep: list[dict]) -> pathlib.Path:
 
 def save(fig, workdir: pathlib.Path, name: str) -> pathlib.Path:
   path = workdir / "plots" / name
-  path.parent.mkdir(exist_ok=True)
+  path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -72,6 +72,16 @@ def by_name(results: list[Result]) -> dict[str, list[Result]]:
   return out
 
 
+def metric(results: list[Result]) -> str:
+  """The metric the plots show: bits per character for text, else accuracy."""
+  return "eval/bits_per_char" if any("eval/bits_per_char" in r.final for r in results) else "eval/accuracy"
+
+
+def shown(key: str, value: float) -> str:
+  """`value` of `key` as the report writes it (accuracy in %)."""
+  return f"{100 * value:.2f}%" if key == "eval/accuracy" else f"{value:.4f}"
+
+
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
   if len(values) == 1:
     return f"{scale * values[0]:.{digits}f}"
@@ -159,7 +169,7 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
     ax.errorbar([statistics.mean(r.params for r in dense)], [statistics.mean(r.final[key] * scale for r in dense)],
                 marker="*", ms=12, color="black", ls="none", label="dense")
   ax.set(xscale="log", xlabel="parameters (nonzero)", ylabel=_label(key),
-         title="low rank: accuracy against size")
+         title=f"low rank: {_label(key).removeprefix('test ')} against size")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return plots.save(fig, folder, "params.png")
@@ -188,4 +198,5 @@ def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Pa
 
 
 def _label(key: str) -> str:
-  return f"test {key.removeprefix('eval/')}" + (" (%)" if key == "eval/accuracy" else "")
+  return {"eval/accuracy": "test accuracy (%)", "eval/bits_per_char": "test bits per character (lower: better)"}.get(
+      key, f"test {key.removeprefix('eval/')}")

@@ -10,7 +10,7 @@ import statistics
 
 import pytest
 
-from experiment import metrics, sweeps
+from experiment import metrics, report, sweeps
 from tests.conftest import assert_one_line_error, run, snapshot
 
 SWEEP_CONFIG = """
@@ -111,7 +111,8 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
     expected = f"{100 * statistics.mean(finals):.2f} ± {100 * statistics.stdev(finals):.2f}"
     assert re.search(rf"\| {re.escape(name)} +\| [^|]+\| 2 +\| {re.escape(expected)}", text), (expected, text)
     assert expected in out.stdout
-  assert re.search(r"Machines \(each run.s launches.jsonl\): 4 runs on [^;]*JAX", text) and "code " in text and "python sweep.py --config" in text and "python eval.py report" in text
+  assert re.search(r"Machines \(each run.s launches.jsonl\): 4 runs on [^;]*JAX", text)
+  assert "code " in text and "python sweep.py --config" in text and "python eval.py report" in text
   assert f"--workdir {original}/sdgf-stepwise_1of8_s0" in text  # Every run's command.
   for plot in ("nm_levels.png", "trajectories.png"):
     assert (folder / "plots" / plot).stat().st_size > 10_000
@@ -144,3 +145,12 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
     assert_one_line_error(out, needle)
     assert not (tmp_path / "x").exists()
   assert_one_line_error(run("eval.py", "report", str(tmp_path / "none"), check=False), "has no sweep.json")
+
+
+def test_text_sweeps_are_plotted_in_bits_per_char(tmp_path):
+  results = [report.Result("ste_1of8", "STE", seed, tmp_path, {"layers": {"type": "nm", "n": 1, "m": 8}},
+                           [{"step": 10, "eval/accuracy": 0.5, "eval/bits_per_char": 2.0 + seed}]) for seed in (0, 1)]
+  key = report.metric(results)
+  assert key == "eval/bits_per_char" and report.metric([]) == "eval/accuracy"
+  assert report.plot_nm(results, tmp_path, key).stat().st_size > 10_000
+  assert report.table(results)[0]["bits_per_char"] == "2.5000 ± 0.7071"
