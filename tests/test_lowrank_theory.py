@@ -1,7 +1,8 @@
 """The checks Maestro's theory gives (ALGORITHMS.md A7), on the real layer and sampler.
 
 Thresholds are set from measured values with a margin, and each is far from
-what a wrong method gives (noted beside it), so they can fail.
+what a wrong method gives (noted beside it), so they can fail. Each test prints
+what it measured: `python -m pytest tests/test_lowrank_theory.py -q -s`.
 """
 
 import jax
@@ -57,6 +58,8 @@ def test_svd_recovery_nested_truncations_and_singular_values():
   # Without ordered dropout the rank-1 error is 3.0 (next test).
   assert max(errors) < 1e-2, errors
   norms = np.linalg.norm(layer.down[...], axis=0) * np.linalg.norm(layer.up[...], axis=1)
+  print(f"\nordered dropout, 9x6 rank-3 A: ||(D U)_k - A_k|| for k = 1..6: {', '.join(f'{e:.1e}' for e in errors)}; "
+        f"||d_i||·||u_i|| - σ_i for i = 1..3: {', '.join(f'{n - s:.1e}' for n, s in zip(norms[:3], sigma[:3]))}")
   np.testing.assert_allclose(norms[:3], sigma[:3], atol=1e-2)  # Measured: within 1e-4.
   assert np.all(norms[3:] < 0.05)  # Measured: at most 7.4e-3.
 
@@ -70,6 +73,8 @@ def test_plain_low_rank_training_does_not_order_components():
   a = (u * np.array([3.0, 2.0, 1.0, 0, 0, 0])) @ v.T
   layer = LowRankLinear(9, 6, rank=6, rngs=nnx.Rngs(0), use_bias=False, init="random")
   _train(layer, jnp.eye(9), jnp.asarray(a), steps=2000, lr=0.5, sampler="none")
+  print(f"\nno ordered dropout: ||(D U)_6 - A|| = {np.linalg.norm(_rank_k(layer, 6) - a):.1e}, "
+        f"||(D U)_1 - A_1|| = {np.linalg.norm(_rank_k(layer, 1) - _truncated(a, 1)):.2f}")
   assert np.linalg.norm(_rank_k(layer, 6) - a) < 1e-2  # It fits A ...
   assert np.linalg.norm(_rank_k(layer, 1) - _truncated(a, 1)) > 0.3  # ... but not in order (measured: 3.0).
 
@@ -81,6 +86,8 @@ def test_pca_recovery_with_group_lasso_keeps_exactly_the_data_rank():
   _train(layer, x, x, steps=4000, lr=0.05, lam=1e-2)
   importance = np.asarray(maestro.rank_importance(layer.down[...], layer.up[...]))
   # Measured: 2.99, 1.97, 0.97, then 3.1e-6 for every other component.
+  print(f"\ngroup lasso, 3 samples in 10-d: importances {', '.join(f'{i:.2g}' for i in importance)}; "
+        f"kept {maestro.kept_ranks(layer, 1e-3)['']}")
   assert np.all(importance[:3] > 0.1) and np.all(importance[3:] < 1e-3), importance
   assert maestro.kept_ranks(layer, 1e-3) == {"": 3}
   # The kept components span the data's principal subspace, in order.
@@ -100,5 +107,7 @@ def test_non_isotropic_inputs_order_by_the_svd_of_sigma_half_a():
   weighted = np.linalg.solve(cov_half.T, _truncated(cov_half.T @ a, 1))  # Best rank 1 in that norm.
   learned = _rank_k(layer, 1)
   # Measured: 9.7e-5 from the data-weighted truncation, 1.40 from the plain SVD truncation of A.
+  print(f"\nnon-isotropic inputs: rank 1 is {np.linalg.norm(learned - weighted):.1e} from the SVD of Σ^1/2 A, "
+        f"{np.linalg.norm(learned - _truncated(a, 1)):.2f} from the SVD of A")
   assert np.linalg.norm(learned - weighted) < 0.1
   assert np.linalg.norm(learned - _truncated(a, 1)) > 0.5
