@@ -119,7 +119,8 @@ def _dense_line(ax, results: list[Result], key: str, scale: float) -> None:
   dense = [r.final[key] * scale for r in results if r.layers == "dense" and key in r.final]
   if dense:
     mean = statistics.mean(dense)
-    ax.axhline(mean, color="black", ls="--", lw=1, label=f"dense ({mean:.2f}, {len(dense)} seeds)")
+    seeds = f"{len(dense)} seed{'s' if len(dense) > 1 else ''}"
+    ax.axhline(mean, color="black", ls="--", lw=1, label=f"dense ({mean:.2f}, {seeds})")
 
 
 def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accuracy") -> pathlib.Path | None:

@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from experiment import metrics, report, sweeps
+from experiment import workdir as workdir_lib
 from tests.conftest import assert_one_line_error, run, snapshot
 
 SWEEP_CONFIG = """
@@ -98,6 +99,9 @@ def test_restarting_skips_finished_runs_and_resumes_an_interrupted_one(nm_sweep,
   ours, theirs = metrics.read(workdir / "metrics.jsonl"), metrics.read(original / "dense_s1" / "metrics.jsonl")
   same = lambda r: {k: v for k, v in r.items() if not k.startswith(("compiles/", "memory/", "time/"))}
   assert list(map(same, ours)) == list(map(same, theirs))
+  launches = workdir_lib.launches(workdir)  # The first start and the resume, each with its command and machine.
+  assert [l["step"] for l in launches] == [0, 10]
+  assert all(f"--workdir {folder}/dense_s1 " in l["command"] and "JAX" in l["machine"] for l in launches[1:])
 
 
 def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
