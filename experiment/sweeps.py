@@ -116,12 +116,11 @@ def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
   todo = [r for r in runs if not finished(r.workdir)]
   print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run with {workers} worker(s)", flush=True)
   queue, failed, lock = list(todo), [], threading.Lock()
-  # Several workers: one CPU thread each, and (on a GPU) an equal share of its memory instead of JAX's default 75%.
   pin_cores = workers > 1 and jax.default_backend() == "cpu" and shutil.which("taskset")
-  env = {**(os.environ if env is None else env), **({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-                           "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION",
-                                                                            f"{0.9 / workers:.3f}")}
-                          if workers > 1 else {})}
+  env = dict(os.environ if env is None else env)
+  if workers > 1:  # One CPU thread each, and on a GPU an equal share of its memory (not JAX's default 75%).
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / workers:.3f}")
 
   def worker(index: int) -> None:
     while True:
