@@ -119,7 +119,8 @@ def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
   pin_cores = workers > 1 and jax.default_backend() == "cpu" and shutil.which("taskset")
   env = dict(os.environ if env is None else env)
   if workers > 1:  # One CPU thread each, and on a GPU an equal share of its memory (not JAX's default 75%).
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+    single_thread = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {single_thread}".strip()
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / workers:.3f}")
 
   def worker(index: int) -> None:
