@@ -149,6 +149,8 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            + f". Last sweep command on {sweep.get('machine', 'not recorded')}; this report on {sweeps.machine()}.", "",
            "Commands:", "", "```", sweep["command"], "python " + shlex.join(sys.argv), "```", "",
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
+  if by_level := report.nm_table(results, key):
+    lines += [f"{report.label(key).capitalize()} by N:M level, mean ± std (seeds):", "", metrics.table(by_level), ""]
   for name, points in baselines.items():
     lines += [f"{name}, at each low-rank run's final ranks: " + ", ".join(f"{p:,} params {report.shown(key, a)}"
                                                                           for p, a in points) + ".", ""]

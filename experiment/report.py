@@ -106,6 +106,21 @@ def table(results: list[Result]) -> list[dict]:
   return rows
 
 
+def nm_table(results: list[Result], key: str) -> list[dict]:
+  """N:M sweeps: one row per method (and dense), one column per N:M level: `key` as mean ± std (seeds)."""
+  groups, dense = _groups(results, "nm"), [r.final[key] for r in results if r.layers == "dense" and key in r.final]
+  levels = sorted({(r.config["layers"]["n"], r.config["layers"]["m"]) for r in results if r.layers == "nm"},
+                  key=lambda nm: nm[0] / nm[1], reverse=True)
+  scale = 100 if key == "eval/accuracy" else 1
+  cell = lambda values: f"{mean_std(values, scale, 2 if scale == 100 else 4)} ({len(values)})" if values else "—"
+  rows = [{"method": "dense", **{f"{n}:{m}": cell(dense) for n, m in levels}}] if dense else []
+  for group, names in groups.items():
+    by_level = {(rs[0].config["layers"]["n"], rs[0].config["layers"]["m"]): [r.final[key] for r in rs]
+                for rs in names.values()}
+    rows.append({"method": group, **{f"{n}:{m}": cell(by_level.get((n, m), [])) for n, m in levels}})
+  return rows
+
+
 def _groups(results: list[Result], kind: str) -> dict[str, dict[str, list[Result]]]:
   """group -> run name -> seeds, of the runs with `kind` layers."""
   out: dict[str, dict[str, list[Result]]] = {}
@@ -142,7 +157,7 @@ def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accura
     ax.errorbar(*zip(*points), marker="o", capsize=3, label=group)
   _dense_line(ax, results, key, scale)
   ax.set_xticks(sorted(levels), [levels[x] for x in sorted(levels)])
-  ax.set(xlabel="N:M (sparsity of the N:M layers →)", ylabel=_label(key),
+  ax.set(xlabel="N:M (sparsity of the N:M layers →)", ylabel=label(key),
          title="N:M methods by sparsity level (mean ± std over seeds)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
@@ -169,8 +184,8 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
   if dense:
     ax.errorbar([statistics.mean(r.params for r in dense)], [statistics.mean(r.final[key] * scale for r in dense)],
                 marker="*", ms=12, color="black", ls="none", label="dense")
-  ax.set(xscale="log", xlabel="parameters (nonzero)", ylabel=_label(key),
-         title=f"low rank: {_label(key).removeprefix('test ')} against size")
+  ax.set(xscale="log", xlabel="parameters (nonzero)", ylabel=label(key),
+         title=f"low rank: {label(key).removeprefix('test ')} against size")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return plots.save(fig, folder, "params.png")
@@ -198,6 +213,6 @@ def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Pa
   return plots.save(fig, folder, "trajectories.png")
 
 
-def _label(key: str) -> str:
+def label(key: str) -> str:
   return {"eval/accuracy": "test accuracy (%)", "eval/bits_per_char": "test bits per character (lower: better)"}.get(
       key, f"test {key.removeprefix('eval/')}")

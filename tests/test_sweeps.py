@@ -115,6 +115,8 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
     expected = f"{100 * statistics.mean(finals):.2f} ± {100 * statistics.stdev(finals):.2f}"
     assert re.search(rf"\| {re.escape(name)} +\| [^|]+\| 2 +\| {re.escape(expected)}", text), (expected, text)
     assert expected in out.stdout
+    method = "dense" if name == "dense" else "SDGF-stepwise"  # The table by N:M level: one column, 1:8.
+    assert re.search(rf"\| {method} +\| {re.escape(expected)} \(2\) +\|\n", text), (expected, text)
   assert re.search(r"Machines \(each run.s launches.jsonl\): 4 runs on [^;]*JAX", text)
   assert "code " in text and "python sweep.py --config" in text and "python eval.py report" in text
   assert f"--workdir {original}/sdgf-stepwise_1of8_s0" in text  # Every run's command.
