@@ -19,10 +19,9 @@ SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16, seeds 0, 1, 2):
   python sweep.py --config configs/fmnist_vit_nm.py --folder runs/nm --workers 2
   python eval.py report runs/nm
 
-Measured (2 CPU cores, one single-threaded run per core): seeds 0, 1:
-dense 86.62 ± 0.30%, SR-STE 2:4 86.52 ± 0.04%; at 1:8 (seeds 0, 1) / 1:16 (seeds 0, 1, 2): STE 86.32 / 85.63,
-SR-STE 86.18 / 85.32, MDGF-linear 86.28 / 85.78, MDGF-exp 86.44 / 85.96, SDGF-stepwise 85.03 / 81.40,
-SDGF-geometric 85.62 / 85.01 (dense over 3 seeds: 86.69). README "Results: N:M on the ViT" has the stds.
+Measured (the sweep, seeds 0-2; docs/RESULTS.md has the whole table): dense 86.69 ± 0.25%,
+SR-STE 2:4 86.56 ± 0.08%; at 1:8 / 1:16: STE 86.26 / 85.63, SR-STE 86.17 / 85.32, MDGF-linear 86.35 / 85.78,
+MDGF-exp 86.54 / 85.96, SDGF-stepwise 85.02 / 81.40, SDGF-geometric 85.60 / 85.01.
 """
 
 from configs import common
