@@ -76,7 +76,9 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
   model = build.model(config)
   checkpoints = Checkpoints(workdir)
   available = sorted(checkpoints.manager.all_steps())
-  step = available[-1] if step is None and available else step
+  if not available:
+    raise config_lib.ConfigError(f"{workdir} has no checkpoint (in {workdir}/checkpoints)")
+  step = available[-1] if step is None else step
   if step not in available:
     raise config_lib.ConfigError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; available steps: {available}")
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
@@ -123,11 +125,17 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   if not results:
     raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
   put = sharding.batch_placer(mesh, whole=True)
-  baselines, key = {}, report.metric(results)
+  baselines, key, notes = {}, report.metric(results), []
   dense = next((r for r in results if r.layers == "dense"), None)
   if dense and any(r.layers == "lowrank" for r in results):  # SVD of the dense run at each low-rank run's ranks.
-    dense_model = restore(dense.workdir, None, mesh)[0]
-    for runs in report.by_name([r for r in results if r.layers == "lowrank"]).values():
+    try:
+      dense_model = restore(dense.workdir, None, mesh)[0]
+    except config_lib.ConfigError as e:
+      dense_model = None
+      notes.append(f"No SVD baseline: {e}.")
+      print(f"warning: {notes[-1]}", file=sys.stderr)
+    lowrank = report.by_name([r for r in results if r.layers == "lowrank"]) if dense_model else {}
+    for runs in lowrank.values():
       config = workdir_lib.load_config(runs[0].workdir)
       test = tester(config, build.datasets(config)[1], put)
       ranks = {k.removeprefix("rank/"): int(v) for k, v in runs[0].final.items() if k.startswith("rank/")}
@@ -151,6 +159,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
   if by_level := report.nm_table(results, key):
     lines += [f"{report.label(key).capitalize()} by N:M level, mean ± std (seeds):", "", metrics.table(by_level), ""]
+  lines += [n + "\n" for n in notes]
   for name, points in baselines.items():
     lines += [f"{name}, at each low-rank run's final ranks: " + ", ".join(f"{p:,} params {report.shown(key, a)}"
                                                                           for p, a in points) + ".", ""]

@@ -139,6 +139,11 @@ def test_report_of_a_low_rank_sweep_has_the_svd_baseline(tiny_data, tmp_path):
   assert int(baseline[1].replace(",", "")) == int(final["params/effective"])  # The same size as the Maestro run.
   assert 0 < float(baseline[2]) <= 100
   assert (folder / "plots" / "params.png").stat().st_size > 10_000 and "Wrote" in out.stdout
+  shutil.rmtree(folder / "dense_s0" / "checkpoints")  # E.g. a sweep copied without its checkpoints.
+  out = run("eval.py", "report", str(folder))
+  text = (folder / "report.md").read_text()
+  assert f"No SVD baseline: {folder}/dense_s0 has no checkpoint" in text and "SVD of dense" not in text
+  assert re.search(r"\| maestro +\| Maestro", text)  # The rest of the report is there.
 
 
 def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
