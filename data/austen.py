@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import prepare
 from data.idx import PROJECT_ROOT, DataError
 
 VOCAB = "\n" + "".join(map(chr, range(32, 127))) + "£"
@@ -106,7 +107,5 @@ def collate(records: list[dict]) -> dict[str, np.ndarray]:
 
 def load(split: str, data_dir: str | None = None, rdata_dir: str | None = None):
   """Prepares the dataset once (seconds) and returns a random-access source."""
-  builder = Austen(data_dir=data_dir or DEFAULT_DATA_DIR, rdata_dir=rdata_dir, file_format="array_record")
-  if not builder.is_prepared():
-    builder.download_and_prepare()
-  return builder.as_data_source(split=split)
+  make = lambda: Austen(data_dir=data_dir or DEFAULT_DATA_DIR, rdata_dir=rdata_dir, file_format="array_record")
+  return prepare.prepared(make, split)

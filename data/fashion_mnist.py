@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data import idx
+from data import idx, prepare
 
 DEFAULT_DATA_DIR = idx.PROJECT_ROOT / ".data" / "tfds"
 MISSING_HELP = ("run `bash scripts/setup.sh` (installs the Debian package dataset-fashion-mnist), "
@@ -73,7 +73,5 @@ def collate(records: list[dict]) -> dict[str, np.ndarray]:
 
 def load(split: str, data_dir: str | None = None, idx_dir: str | None = None):
   """Prepares the dataset once (a few seconds) and returns a random-access source."""
-  builder = FashionMnistIdx(data_dir=data_dir or DEFAULT_DATA_DIR, idx_dir=idx_dir, file_format="array_record")
-  if not builder.is_prepared():
-    builder.download_and_prepare()
-  return builder.as_data_source(split=split)
+  make = lambda: FashionMnistIdx(data_dir=data_dir or DEFAULT_DATA_DIR, idx_dir=idx_dir, file_format="array_record")
+  return prepare.prepared(make, split)

@@ -1,8 +1,12 @@
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
 from data import fashion_mnist, idx, pipeline
-from tests.conftest import make_images, write_idx_set
+from tests.conftest import ROOT, make_images, write_idx_set
 
 
 def test_idx_round_trip(tmp_path):
@@ -33,6 +37,24 @@ def test_builder_stores_the_idx_content(tmp_path):
   for i in (0, 5, 11):
     np.testing.assert_array_equal(test[i]["image"][..., 0], images[i])
     assert test[i]["label"] == labels[i]
+
+
+def test_processes_starting_together_prepare_the_dataset_once(tmp_path):
+  """A sweep's workers on a fresh machine: each loads the not-yet-prepared dataset at the same moment."""
+  folder, go = write_idx_set(tmp_path / "idx", num_train=3000, num_test=12), tmp_path / "go"
+  load = ("import pathlib, sys, time; from data import fashion_mnist; pathlib.Path(sys.argv[1]).touch()\n"
+          f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+          f"print(len(fashion_mnist.load('train', data_dir={str(tmp_path / 'tfds')!r}, idx_dir={str(folder)!r})))")
+  ready = [tmp_path / f"ready{i}" for i in range(3)]
+  procs = [subprocess.Popen([sys.executable, "-c", load, str(r)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for r in ready]
+  while not all(r.exists() for r in ready):  # All imported: then they start loading together.
+    time.sleep(0.01)
+  go.touch()
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], outs[0][1][-2000:]
+  assert [o.split()[-1] for o, _ in outs] == ["3000"] * 3
+  assert len(list((tmp_path / "tfds" / "fashion_mnist_idx").iterdir())) == 1  # One version folder, no leftovers.
 
 
 def test_missing_configured_folder_is_a_clear_error(tmp_path):
