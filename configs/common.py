@@ -85,6 +85,13 @@ def maestro(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], group_
   return c
 
 
+def pufferfish(rank_ratio: float, batch_size: int = 256) -> dict:
+  """Sweep overrides that turn a Maestro config into the Pufferfish-style baseline: one dense epoch, then the SVD
+  factors at the fixed ratio `rank_ratio`; no ordered dropout, group lasso or shrinking."""
+  return {"lowrank.group_lasso": 0.0, "lowrank.sampler": "none", "lowrank.distill": False, "lowrank.shrink_every": 0,
+          "lowrank.shrink_eps": 0.0, "lowrank.dense_warmup_steps": epochs(1, batch_size), "layers.rank_ratio": rank_ratio}
+
+
 def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: int,
        method: str = "srste") -> ml_collections.ConfigDict:
   """Turns a dense config into N:M training: N:M layers everywhere but `keep_dense`."""

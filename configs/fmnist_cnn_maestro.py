@@ -20,6 +20,8 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep():
-  """Dense and Maestro, three seeds."""
+  """Dense, Maestro and the Pufferfish-style baseline (fixed rank ratio after one dense epoch) at ρ = 0.43, about
+  Maestro's size (conv2: 28, fc: 111 ranks; 389,770 parameters), three seeds."""
   return dict(seeds=(0, 1, 2), runs=[dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
-                                     dict(name="maestro", group="Maestro", overrides={})])
+                                     dict(name="maestro", group="Maestro", overrides={}),
+                                     dict(name="pufferfish_0.43", group="Pufferfish", overrides=common.pufferfish(0.43))])

@@ -28,12 +28,10 @@ def get_config(arg: str | None = None):
 def get_sweep():
   """Dense, Maestro at two group-lasso budgets and the Pufferfish-style baseline (a fixed rank ratio after one dense
   epoch; fmnist_mlp_pufferfish.py's fields, at this config's 12 epochs) at two ratios, three seeds."""
-  puffer = {"lowrank.group_lasso": 0.0, "lowrank.sampler": "none", "lowrank.distill": False, "lowrank.shrink_every": 0,
-            "lowrank.shrink_eps": 0.0, "lowrank.dense_warmup_steps": common.epochs(1, 256)}
   return dict(seeds=(0, 1, 2), runs=[
       dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
       dict(name="maestro_7e-5", group="Maestro", overrides={"lowrank.group_lasso": 7e-5}),
       dict(name="maestro_3e-4", group="Maestro", overrides={"lowrank.group_lasso": 3e-4}),
-      dict(name="pufferfish_0.12", group="Pufferfish", overrides={**puffer, "layers.rank_ratio": 0.12}),
-      dict(name="pufferfish_0.06", group="Pufferfish", overrides={**puffer, "layers.rank_ratio": 0.06}),
+      dict(name="pufferfish_0.12", group="Pufferfish", overrides=common.pufferfish(0.12)),
+      dict(name="pufferfish_0.06", group="Pufferfish", overrides=common.pufferfish(0.06)),
   ])
