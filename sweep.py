@@ -31,6 +31,8 @@ _CONFIG = flags.DEFINE_string("config", None, "A config file with a get_sweep() 
 _FOLDER = flags.DEFINE_string("folder", None, "The sweep's folder: one workdir per run, sweep.json, the report.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs at a time.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these run names (all seeds); default: all.")
+_SEEDS = flags.DEFINE_list("seeds", [], "Run only these of the sweep's seeds (e.g. --seeds=0 for a first look); "
+                           "default: all.")
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE added to every run's config, for where the sweep runs "
                                   "rather than what it tests: e.g. --set wandb.mode=online, --set wandb.mode=disabled.")
 _LIST = flags.DEFINE_bool("list", False, "Print every run's train.py command and whether it is finished; run nothing.")
@@ -49,6 +51,9 @@ def main(argv) -> None:
     unknown = set(_ONLY.value) - {r.name for r in runs}
     if unknown:
       raise ConfigError(f"--only: no runs named {sorted(unknown)}; the sweep's runs are {sorted({r.name for r in runs})}")
+    seeds = sorted({r.seed for r in runs})
+    if bad := [s for s in _SEEDS.value if not s.lstrip("-").isdigit() or int(s) not in seeds]:
+      raise ConfigError(f"--seeds: {bad[0]} is not one of the sweep's seeds {seeds}")
   except ConfigError as e:
     sys.exit(f"error: {e}")
   if _LIST.value:
@@ -56,11 +61,15 @@ def main(argv) -> None:
       print(f"{'finished' if sweeps.finished(r.workdir) else 'to run  '}  {shlex.join(r.command)}")
     return
   sweeps.record(runs, folder, ["python", *sys.argv])
-  failed = sweeps.run([r for r in runs if not _ONLY.value or r.name in _ONLY.value], _WORKERS.value, RUN_ENV)
+  chosen = [r for r in runs if (not _ONLY.value or r.name in _ONLY.value)
+            and (not _SEEDS.value or r.seed in map(int, _SEEDS.value))]
+  failed = sweeps.run(chosen, _WORKERS.value, RUN_ENV)
   if failed:
     sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(r.workdir.name for r in failed)}; their .log files "
              f"in {folder} say why; run the same command to retry them")
-  print(f"All {len(runs)} runs finished. Report: python eval.py report {folder}")
+  left = sum(not sweeps.finished(r.workdir) for r in runs)
+  print(f"{len(runs) - left} of {len(runs)} runs finished{f' ({left} not chosen)' if left else ''}. "
+        f"Report: python eval.py report {folder}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,16 @@ def test_restarting_skips_finished_runs_and_resumes_an_interrupted_one(nm_sweep,
   assert all(f"--workdir {folder}/dense_s1 " in l["command"] and "JAX" in l["machine"] for l in launches[1:])
 
 
+def test_seeds_runs_only_the_chosen_seeds(nm_sweep, tmp_path):
+  config, original = nm_sweep
+  folder = tmp_path / "nm"
+  shutil.copytree(original, folder)
+  shutil.rmtree(folder / "dense_s1")  # Not run yet; --seeds=0 leaves it so.
+  out = run("sweep.py", "--config", config, "--folder", str(folder), "--seeds", "0")
+  assert "2 of 2 runs finished; 0 to run" in out.stdout and "3 of 4 runs finished (1 not chosen)" in out.stdout
+  assert not (folder / "dense_s1").exists()
+
+
 def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
   _, original = nm_sweep
   folder = tmp_path / "nm"
@@ -150,6 +160,7 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
   config, _ = nm_sweep
   for args, needle in ((["--config", "configs/fmnist_mlp_dense.py"], "declares no sweep"),
                        (["--config", config, "--only", "nope"], "no runs named ['nope']"),
+                       (["--config", config, "--seeds", "0,5"], "--seeds: 5 is not one of the sweep's seeds [0, 1]"),
                        (["--config", config, "--workers", "0"], "--workers=0"),
                        (["--config", config, "--set", "wandb.mode"], "--set=wandb.mode: expected FIELD=VALUE")):
     out = run("sweep.py", *args, "--folder", str(tmp_path / "x"), check=False)
