@@ -129,7 +129,6 @@ def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
         if not queue:
           return
         r = queue.pop(0)
-        left = len(queue)
       print(f"[{index}] {shlex.join(r.command)}", flush=True)
       r.workdir.parent.mkdir(parents=True, exist_ok=True)
       pin = ["taskset", "-c", str(index % os.cpu_count())] if pin_cores else []
@@ -140,6 +139,7 @@ def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
       with lock:
         if not ok:
           failed.append(r)
+        left = len(queue)
       print(f"[{index}] {r.workdir}: {'done' if ok else f'FAILED (exit {code}), see {r.workdir}.log'}; "
             f"{left} waiting", flush=True)
 
