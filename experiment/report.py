@@ -111,6 +111,8 @@ def nm_table(results: list[Result], key: str) -> list[dict]:
   groups, dense = _groups(results, "nm"), [r.final[key] for r in results if r.layers == "dense" and key in r.final]
   levels = sorted({(r.config["layers"]["n"], r.config["layers"]["m"]) for r in results if r.layers == "nm"},
                   key=lambda nm: nm[0] / nm[1], reverse=True)
+  if not levels:  # No N:M runs (e.g. a low-rank sweep): no table.
+    return []
   scale = 100 if key == "eval/accuracy" else 1
   cell = lambda values: f"{mean_std(values, scale, 2 if scale == 100 else 4)} ({len(values)})" if values else "—"
   rows = [{"method": "dense", **{f"{n}:{m}": cell(dense) for n, m in levels}}] if dense else []

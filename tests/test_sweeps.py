@@ -2,6 +2,7 @@
 sweeps on the tiny data, run with 2 workers, restarted (finished runs skipped,
 an interrupted one resumed, a finished sweep trains nothing), and reported."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -176,3 +177,11 @@ def test_text_sweeps_are_plotted_in_bits_per_char(tmp_path):
   assert key == "eval/bits_per_char" and report.metric([]) == "eval/accuracy"
   assert report.plot_nm(results, tmp_path, key).stat().st_size > 10_000
   assert report.table(results)[0]["bits_per_char"] == "2.5000 ± 0.7071"
+
+
+def test_a_sweep_without_nm_runs_has_no_nm_level_table(tmp_path):
+  dense = report.Result("dense", "dense", 0, tmp_path, {"layers": {"type": "dense"}}, [{"step": 1, "eval/accuracy": 0.9}])
+  lowrank = dataclasses.replace(dense, name="maestro", group="Maestro", config={"layers": {"type": "lowrank"}})
+  assert report.nm_table([dense, lowrank], "eval/accuracy") == []
+  nm = dataclasses.replace(dense, name="ste_1of8", group="STE", config={"layers": {"type": "nm", "n": 1, "m": 8}})
+  assert [r["method"] for r in report.nm_table([dense, nm], "eval/accuracy")] == ["dense", "STE"]
