@@ -52,8 +52,9 @@ def main(argv) -> None:
     if unknown:
       raise ConfigError(f"--only: no runs named {sorted(unknown)}; the sweep's runs are {sorted({r.name for r in runs})}")
     seeds = sorted({r.seed for r in runs})
-    if bad := [s for s in _SEEDS.value if not s.lstrip("-").isdigit() or int(s) not in seeds]:
+    if bad := [s for s in _SEEDS.value if not s.isdigit() or int(s) not in seeds]:
       raise ConfigError(f"--seeds: {bad[0]} is not one of the sweep's seeds {seeds}")
+    names, seeds = set(_ONLY.value) or {r.name for r in runs}, set(map(int, _SEEDS.value)) or set(seeds)
   except ConfigError as e:
     sys.exit(f"error: {e}")
   if _LIST.value:
@@ -61,9 +62,7 @@ def main(argv) -> None:
       print(f"{'finished' if sweeps.finished(r.workdir) else 'to run  '}  {shlex.join(r.command)}")
     return
   sweeps.record(runs, folder, ["python", *sys.argv])
-  chosen = [r for r in runs if (not _ONLY.value or r.name in _ONLY.value)
-            and (not _SEEDS.value or r.seed in map(int, _SEEDS.value))]
-  failed = sweeps.run(chosen, _WORKERS.value, RUN_ENV)
+  failed = sweeps.run([r for r in runs if r.name in names and r.seed in seeds], _WORKERS.value, RUN_ENV)
   if failed:
     sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(r.workdir.name for r in failed)}; their .log files "
              f"in {folder} say why; run the same command to retry them")
