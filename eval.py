@@ -10,7 +10,7 @@
 
 Low-rank runs: `--rank_fractions` evaluates the model cut to each fraction of
 every layer's rank (exported: sliced, dense where cheaper) and plots accuracy
-against parameters and MACs; `--svd_of` adds post-hoc SVD truncation of a dense
+(a language model's: bits per character) against parameters and MACs; `--svd_of` adds post-hoc SVD truncation of a dense
 run at exactly the same per-layer ranks (so the same parameter count);
 `--macs_budget` runs the greedy per-layer rank search to that fraction of the
 model's MACs, scored on a held-out batch; `--export` writes the model (at the
@@ -217,8 +217,10 @@ def main(argv) -> None:
 
   test = tester(config, test_source, put)
   result = test(model)
+  key = "bits_per_char" if "bits_per_char" in result else "accuracy"  # The task's metric: the first column shown.
+  column = {"accuracy": "test accuracy", "bits_per_char": "test bits/char"}[key]
   report = {"step": step, "params/total": build.count_params(model), **{f"eval/{k}": v for k, v in result.items()}}
-  rows = [{"run": workdir.name, "step": step, "params": report["params/total"], "test accuracy": result["accuracy"]}]
+  rows = [{"run": workdir.name, "step": step, "params": report["params/total"], column: result[key]}]
   if lowrank_model:
     report["macs"] = deploy.forward_macs(model, config)
     report["ranks"] = maestro.ranks(model)
@@ -227,12 +229,11 @@ def main(argv) -> None:
     sweep = deploy.rank_sweep(model, config, fractions, test)
     if baseline is not None:
       for row in sweep:
-        row["svd_accuracy"] = svd_truncation(baseline, config, row["ranks"], test)[1]["accuracy"]
+        row |= {f"svd_{k}": v for k, v in svd_truncation(baseline, config, row["ranks"], test)[1].items()}
     report["rank_sweep"] = sweep
-    plots.rank_sweep(workdir, sweep)
+    plots.rank_sweep(workdir, sweep, key)
     rows = [{"rank fraction": r["rank_fraction"], "params": r["params"], "MACs": int(r["macs"]),
-             "test accuracy": r["accuracy"], **({"SVD of dense": r["svd_accuracy"]} if "svd_accuracy" in r else {})}
-            for r in sweep]
+             column: r[key], **({"SVD of dense": r[f"svd_{key}"]} if f"svd_{key}" in r else {})} for r in sweep]
 
   chosen = maestro.ranks(model)
   if _BUDGET.value:

@@ -83,14 +83,15 @@ def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
   return save(fig, workdir, "sparsity.png")
 
 
-def rank_sweep(workdir: pathlib.Path, sweep: list[dict]) -> pathlib.Path:
-  """Test accuracy against parameters and MACs of the model cut to each rank fraction."""
+def rank_sweep(workdir: pathlib.Path, sweep: list[dict], key: str = "accuracy") -> pathlib.Path:
+  """A test metric (`key`: accuracy, bits_per_char) against parameters and MACs of the model cut to each rank
+  fraction."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, x in zip(axes, ("params", "macs")):
-    ax.plot([r[x] for r in sweep], [r["accuracy"] for r in sweep], marker="o", label="this run")
-    if "svd_accuracy" in sweep[0]:
-      ax.plot([r[x] for r in sweep], [r["svd_accuracy"] for r in sweep], marker="s", label="SVD of the dense run")
-    ax.set(xlabel=x, ylabel="test accuracy", xscale="log")
+    ax.plot([r[x] for r in sweep], [r[key] for r in sweep], marker="o", label="this run")
+    if f"svd_{key}" in sweep[0]:
+      ax.plot([r[x] for r in sweep], [r[f"svd_{key}"] for r in sweep], marker="s", label="SVD of the dense run")
+    ax.set(xlabel=x, ylabel=f"test {key.replace('_', ' ')}", xscale="log")
     ax.grid(alpha=0.3)
     ax.legend()
   return save(fig, workdir, "rank_sweep.png")

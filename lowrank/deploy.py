@@ -178,14 +178,14 @@ def load_exported(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.Conf
 
 def rank_sweep(model: nnx.Module, config: ml_collections.ConfigDict, fractions: list[float],
                evaluate) -> list[dict]:
-  """Accuracy, parameters and MACs of the model exported at each rank fraction."""
+  """Parameters, MACs and test metrics (those `evaluate` returns) of the model exported at each rank fraction."""
   rows = []
   for f in fractions:
     chosen = fraction_ranks(model, f)
     exported, _ = export(model, config, chosen)
     result = evaluate(exported)
     rows.append({"rank_fraction": f, "params": build.count_params(exported), "macs": forward_macs(exported, config),
-                 "accuracy": result["accuracy"], "loss": result["loss"], "ranks": chosen})
+                 **result, "ranks": chosen})
   return rows
 
 

@@ -65,6 +65,10 @@ def test_dense_lm_trains_reports_bits_per_char_and_samples(tiny_austen, tmp_path
   assert list(evals) == [10, 20] and evals[20] < evals[10]  # It learns.
   assert final["eval/bits_per_char"] < math.log2(len(austen.VOCAB))  # Better than uniform over the vocabulary.
   assert "test bits/char" in out.stdout
+  evaluated = run("eval.py", "--workdir", str(workdir))  # The restored checkpoint: the same number, by its name.
+  assert json.loads((workdir / "eval.json").read_text())["eval/bits_per_char"] == pytest.approx(
+      final["eval/bits_per_char"], rel=1e-5)
+  assert "test bits/char" in evaluated.stdout and "test accuracy" not in evaluated.stdout
   sample = run("eval.py", "--workdir", str(workdir), "--sample=Miss Bennet", "--sample_length=60")
   text = sample.stdout.removesuffix("\n")
   assert text.startswith("Miss Bennet") and len(text) == len("Miss Bennet") + 60
@@ -94,6 +98,10 @@ def test_maestro_and_nm_apply_to_the_lm(config, extra, tiny_austen, tmp_path):
   if saved["layers"]["type"] == "lowrank":
     ranks = [r["rank/block0/attn/query"] for r in rows if "rank/block0/attn/query" in r]
     assert ranks[-1] < ranks[0] == 64  # Shrunk from full rank (the smoke model's width), during training.
+    out = run("eval.py", "--workdir", str(workdir), "--rank_fractions=1,0.5")  # Cut in bits/char, the LM's metric.
+    cuts = json.loads((workdir / "eval.json").read_text())["rank_sweep"]
+    assert cuts[0]["bits_per_char"] == pytest.approx(rows[-1]["eval/bits_per_char"], rel=1e-5)
+    assert cuts[1]["bits_per_char"] == pytest.approx(cuts[1]["loss"] / math.log(2)) and "test bits/char" in out.stdout
   else:
     assert rows[-1]["sparsity/block0/mlp/fc2"] == pytest.approx(7 / 8) and rows[-1]["nm/alpha"] < 0.1
   assert math.isfinite(rows[-1]["eval/bits_per_char"])
