@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep():
-  """Dense, and Maestro at two budgets (group-lasso strengths); one seed (each run 33-48 minutes on one CPU core, measured: docs/RESULTS.md)."""
+  """Dense, and Maestro at two budgets (group-lasso strengths); one seed (33-48 minutes a run on one CPU core)."""
   return dict(seeds=(0,), runs=[dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
                                 *(dict(name=name, group="Maestro", overrides={"lowrank.group_lasso": lam})
                                   for name, lam in BUDGETS.items())])
