@@ -3,13 +3,15 @@ crossed with every seed, each a plain train.py run in `<folder>/<name>_s<seed>`.
 
   python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --workers 2
   python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --list   # commands only
+  python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --emit=slurm  # then: sbatch ...
   python eval.py report runs/sweeps/vit_nm                                                # table and plots
 
 Finished runs are skipped and interrupted ones resume, so the same command
 restarts a sweep at any time; a finished sweep does no training. With
 `--workers` > 1 each run is single-threaded and pinned to its own core. Each
 run's output goes to `<folder>/<name>_s<seed>.log`; `<folder>/sweep.json`
-records every run's train.py command and the code version.
+records every run's train.py command and the code version. `--emit=slurm`
+writes `<folder>/sweep.slurm` instead, a SLURM array job of the runs not finished.
 """
 
 import os
@@ -36,6 +38,10 @@ _SEEDS = flags.DEFINE_list("seeds", [], "Run only these of the sweep's seeds (e.
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE added to every run's config, for where the sweep runs "
                                   "rather than what it tests: e.g. --set wandb.mode=online, --set wandb.mode=disabled.")
 _LIST = flags.DEFINE_bool("list", False, "Print every run's train.py command and whether it is finished; run nothing.")
+_EMIT = flags.DEFINE_string("emit", "", "slurm: run nothing; write <folder>/sweep.slurm, a SLURM array job with one "
+                            "task per chosen run not finished, to submit with sbatch.")
+_SLURM_ARGS = flags.DEFINE_string("slurm_args", "", "With --emit=slurm: sbatch options for every task, e.g. "
+                                  "--slurm_args='--gres=gpu:1 --time=4:00:00'.")
 
 
 def main(argv) -> None:
@@ -55,6 +61,17 @@ def main(argv) -> None:
     if bad := [s for s in _SEEDS.value if not s.isdigit() or int(s) not in seeds]:
       raise ConfigError(f"--seeds: {bad[0]} is not one of the sweep's seeds {seeds}")
     names, seeds = set(_ONLY.value) or {r.name for r in runs}, set(map(int, _SEEDS.value)) or set(seeds)
+    if _EMIT.value not in ("", "slurm"):
+      raise ConfigError(f"--emit={_EMIT.value}: expected slurm (the one job script sweep.py writes)")
+    try:
+      sbatch_options = shlex.split(_SLURM_ARGS.value)
+    except ValueError as e:
+      raise ConfigError(f"--slurm_args={_SLURM_ARGS.value}: {e}") from None
+    if sbatch_options and not _EMIT.value:
+      raise ConfigError("--slurm_args: only with --emit=slurm")
+    if bad := [o for o in sbatch_options if not o.startswith("-")]:
+      raise ConfigError(f"--slurm_args: {bad[0]!r} is not an sbatch option; write each as --name=value, "
+                        f"e.g. --slurm_args='--gres=gpu:1 --time=4:00:00'")
   except ConfigError as e:
     sys.exit(f"error: {e}")
   if _LIST.value:
@@ -62,7 +79,17 @@ def main(argv) -> None:
       print(f"{'finished' if sweeps.finished(r.workdir) else 'to run  '}  {shlex.join(r.command)}")
     return
   sweeps.record(runs, folder, ["python", *sys.argv])
-  failed = sweeps.run([r for r in runs if r.name in names and r.seed in seeds], _WORKERS.value, RUN_ENV)
+  chosen = [r for r in runs if r.name in names and r.seed in seeds]
+  if _EMIT.value:
+    todo = [r for r in chosen if not sweeps.finished(r.workdir)]
+    if not todo:
+      print(f"All {len(chosen)} chosen runs are finished; nothing to submit. Report: python eval.py report {folder}")
+      return
+    script = sweeps.write_slurm(todo, folder, sbatch_options)
+    print(f"Wrote {script}: a SLURM array job of {len(todo)} task(s), the chosen runs not finished. "
+          f"Submit it with: sbatch {script}")
+    return
+  failed = sweeps.run(chosen, _WORKERS.value, RUN_ENV)
   if failed:
     sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(r.workdir.name for r in failed)}; their .log files "
              f"in {folder} say why; run the same command to retry them")

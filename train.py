@@ -33,9 +33,10 @@ from experiment import config as config_lib
 from experiment import method as method_lib
 from experiment import workdir as workdir_lib
 from experiment.checkpoint import Checkpoints
-from experiment.step import flops, make_observe_step, make_train_step
+from experiment.step import count_compilations, flops, make_observe_step, make_train_step
 from lowrank import deploy
 
+IN_FLIGHT = 2  # Train steps dispatched ahead of the one the device has finished.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
@@ -63,9 +64,10 @@ def main(argv) -> None:
   place = lambda tree: sharding.place(tree, mesh, config.sharding)
   stopping = _sigterm_watch()
 
+  compilations = count_compilations()
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-  batches = data.train_iterator(train_source, config.batch_size, config.seed,
-                                process_index=jax.process_index(), process_count=jax.process_count())
+  batches = data.train_iterator(train_source, config.batch_size, config.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count(), workers=config.dataset.workers, place=put)
   start, damaged = checkpoints.resume_step(set_aside=is_main)
   for warning in damaged:
     print(f"warning: {warning}", file=sys.stderr)
@@ -74,7 +76,7 @@ def main(argv) -> None:
   if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
     model, method = build.model(config, dense=True), method_lib.Method()
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  window: list[dict] = []  # Per-step metrics since the last log step (their means are logged).
+  window: list[dict] = []  # Per-step metrics since the last log step (device arrays until fetched; means logged).
   try:
     method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
     (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
@@ -103,50 +105,72 @@ def main(argv) -> None:
     nnx.update(model, state[0])
     nnx.update(optimizer, state[1])
 
-  train_step = make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite)
+  def fetched(window: list[dict], step: int) -> list[dict]:
+    """The window's metrics on the host (one transfer); a non-finite one stops the run, naming its step."""
+    host = [{k: float(v) for k, v in m.items()} for m in jax.device_get(window)]
+    for at, m in enumerate(host, start=step - len(host) + 1):
+      if not all(map(math.isfinite, m.values())) and not m.get("train/skipped"):
+        bad = ", ".join(f"{k}={v}" for k, v in m.items() if not math.isfinite(v))
+        bar.close()
+        writer.close()
+        batches.close()
+        last = checkpoints.latest_step()
+        kept = f"the last good checkpoint (step {last}) is intact in {workdir}" if last else "no checkpoint was written"
+        sys.exit(f"error: non-finite {bad} at step {at}; stopped without saving, {kept}; "
+                 f"lower --config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
+    return host
+
+  make_step = lambda method: make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite,
+                                             config.optimizer.accumulate_steps)
+  train_step = make_step(method)
   observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
+  profile = config_lib.profile_steps(config) or (0, 0)
   step_flops = None  # Of the compiled step at the current shapes; re-measured after a shape change.
   schedule = build.learning_rate(config)
   bar = tqdm.tqdm(initial=start, total=config.num_steps, desc=workdir.name, dynamic_ncols=True,
                   disable=not is_main, mininterval=1 if sys.stderr.isatty() else 30)
   for step in range(start + 1, config.num_steps + 1):  # `step` = optimizer updates done after this one.
-    batch = put(next(batches))
+    batch = next(batches)  # Already on the devices (read and placed ahead, while earlier steps ran).
+    if step == profile[0]:
+      jax.profiler.start_trace(workdir / "profile")
     if step_flops is None:
       step_flops = flops(train_step, model_def, opt_def, state, batch, jnp.int32(step))  # XLA's estimate.
     eval_step = step % config.eval_every == 0 or step == config.num_steps
     log_step = eval_step or step % config.log_every == 0  # An evaluation is logged whatever log_every is.
     if log_step and method.observes:
       state = (observe_step(model_def, state[0], batch, jnp.int32(step)), state[1])
-    state, step_metrics = train_step(model_def, opt_def, state, batch, jnp.int32(step))
-    step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if not all(map(math.isfinite, step_metrics.values())) and not step_metrics.get("train/skipped"):
-      bad = ", ".join(f"{k}={v}" for k, v in step_metrics.items() if not math.isfinite(v))
-      bar.close()
-      writer.close()
-      last = checkpoints.latest_step()
-      kept = f"the last good checkpoint (step {last}) is intact in {workdir}" if last else "no checkpoint was written"
-      sys.exit(f"error: non-finite {bad} at step {step}; stopped without saving, {kept}; "
-               f"lower --config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
+    if len(window) > IN_FLIGHT:  # Bounds the steps queued on the device (and their batches) without idling it.
+      jax.block_until_ready(window[-IN_FLIGHT - 1])
+    state, step_metrics = train_step(model_def, opt_def, state, batch, jnp.int32(step))  # Dispatched, not awaited.
     window.append(step_metrics)
+    if step == profile[1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
     bar.update()
     if log_step:
+      window = fetched(window, step)  # The only wait on the device between log steps.
       sync_model()
       logged = _window_means(window)
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
-                 "flops/train_step": step_flops, "compiles/train_step": train_step._cache_size(),
+                 "flops/train_step": step_flops, "compiles/train_step": compilations["train_step"],
                  "time/train_s": time.time() - clock, **_peak_memory(), **method.metrics(step, model)}
       if eval_step:
         logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole, text).items()}
+        ema = build.ema_of(optimizer)
+        if ema is not None:
+          logged |= {f"eval_ema/{k}": v for k, v in
+                     evaluation.evaluate(build.with_parameters(model, ema), eval_batches(), put_whole, text).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []
     if step < config.num_steps and (step == warmup or method.host_update_due(step)):
+      window = fetched(window, step)  # A non-finite state is neither shrunk nor switched.
       sync_model()
       if step == warmup:  # End of the dense warm-up: switch to the SVD factors, fresh moments.
         model = deploy.from_dense(model, config)
         method = method_lib.build(config, model)
         optimizer = build.optimizer_at(model, config, step)
-        train_step = make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite)
+        train_step = make_step(method)
         observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
       if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
@@ -154,16 +178,19 @@ def main(argv) -> None:
         step_flops = None
     stop = stopping(step)
     if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
+      window = fetched(window, step)  # No checkpoint ever holds a non-finite state.
       sync_model()
       checkpoints.save(step, state, batches.get_state(), method.state(step, model), window, primary=is_main)
     if stop and step < config.num_steps:
       bar.close()
       writer.close()
+      batches.close()
       print(f"Stopped by SIGTERM after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
             f"command to resume", file=sys.stderr)
       return
   bar.close()
   writer.close()
+  batches.close()  # Its reading threads and worker processes.
 
   if is_main:
     final = metrics.read(workdir / "metrics.jsonl")[-1]

@@ -18,22 +18,35 @@ def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: 
   its files are)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.dataset = dataset or dict(name="fashion_mnist", data_dir="", idx_dir="", eval_limit=0)  # "" / 0: defaults, all.
+  # "" / 0: defaults, all. workers: processes that read and decode batches (0: threads; for large datasets).
+  c.dataset = dataset or dict(name="fashion_mnist", data_dir="", idx_dir="", eval_limit=0, workers=0)
   c.model = model
   c.layers = dict(type="dense", keep_dense=())
   c.batch_size = batch_size
   c.num_steps = num_steps or epochs(num_epochs, batch_size)
-  c.optimizer = dict(name="adamw", learning_rate=learning_rate, weight_decay=1e-4, warmup_steps=c.num_steps // 20,
-                     schedule="cosine", grad_clip=1.0)
+  c.optimizer = dict(
+      name="adamw",              # adamw | sgd (momentum 0.9)
+      learning_rate=learning_rate,
+      warmup_steps=c.num_steps // 20,
+      schedule="cosine",         # cosine | linear | constant | warmup_stable_decay (after the warm-up)
+      decay_fraction=0.2,        # warmup_stable_decay: the last fraction of the steps, decaying linearly to 0.
+      weight_decay=1e-4,         # Decoupled, scaled by the learning rate.
+      decay="kernels",           # kernels: only parameters with ndim >= 2 (no biases, norm scales) | all
+      grad_clip=1.0,             # Global norm; 0: off.
+      accumulate_steps=1,        # Each step's batch in this many sequential micro-batches (less memory, one update).
+      ema_decay=0.0,             # > 0: also keep (and evaluate, eval_ema/...) an EMA of the parameters; 0: off.
+  )
   c.log_every = 50
   c.eval_every = c.num_steps // 5
   c.eval_batch_size = 1000
   c.checkpoint_every = c.num_steps // 5
   c.keep_checkpoints = 2
   c.sharding = "data"  # data: parameters replicated, batches split over all devices | fsdp: parameters split too.
+  c.compute_dtype = "float32"  # float32 | bfloat16: what layers compute in; parameters and logits stay float32.
   # Several processes: the coordinator's host:port, their number and this one's index (or the environment's
   # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "": one process.
   c.distributed = dict(coordinator="", num_processes=1, process_id=0)
+  c.profile_steps = ""  # "a:b": a jax.profiler trace of steps a..b in <workdir>/profile/ (TensorBoard, Perfetto).
   c.skip_nonfinite = False  # True: an update with a non-finite loss or gradient is skipped (and counted), not fatal.
   c.wandb = dict(mode="offline", project="lowrank-nm", name="")
   return c
@@ -62,7 +75,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def austen_lm(*, num_steps: int, batch_size: int, learning_rate: float, model: dict) -> ml_collections.ConfigDict:
   """The character-level language model on Jane Austen's novels (data/austen.py, models/lm.py), dense."""
   c = base(dict(name="lm", **model), num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate,
-           dataset=dict(name="austen", data_dir="", rdata_dir="", eval_limit=0))
+           dataset=dict(name="austen", data_dir="", rdata_dir="", eval_limit=0, workers=0))
   c.optimizer.weight_decay = 0.1
   c.eval_batch_size = 131  # The test split's 1572 windows in 12 batches.
   return c

@@ -1,6 +1,7 @@
 """Datasets (TFDS builders), what train.py needs to know of each, and the grain input pipeline."""
 
 import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -13,11 +14,11 @@ from data.pipeline import eval_batches, train_iterator
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A dataset as train.py sees it: `load(split, **config.dataset fields)` prepares it on first use and returns a
-  random-access split; `collate(records)` makes a batch `{"inputs", "targets"}`; one example's inputs have
+  random-access split; `collate(features)` makes a batch `{"inputs", "targets"}` of records stacked by feature; one example's inputs have
   `input_shape` and `input_dtype`; the model predicts `num_classes` logits per target; `vocab`: for text, the
   characters the ids stand for (evaluation then reports bits per character)."""
   load: Callable
-  collate: Callable[[list[dict]], dict[str, np.ndarray]]
+  collate: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
   input_shape: tuple[int, ...]
   input_dtype: type
   num_classes: int
@@ -34,17 +35,40 @@ class Dataset:
     return austen.decode(ids, self.vocab)
 
 
-class Split:
-  """A random-access split that reads whole batches, collated."""
+IN_MEMORY_BYTES = 2 * 2**30  # A split up to this size is read once and kept in host memory.
 
-  def __init__(self, records, collate: Callable[[list[dict]], dict[str, np.ndarray]]):
+
+class Split:
+  """A random-access split that reads whole batches, collated. One of at most IN_MEMORY_BYTES (Fashion-MNIST,
+  CIFAR, the novels) is read once, on first use, into one array per feature, and a batch is one vectorized gather;
+  a larger one reads each batch's records."""
+
+  def __init__(self, records, collate: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
     self.records, self.collate = records, collate
+    self.in_memory = len(records) * sum(np.asarray(v).nbytes for v in records[0].values()) <= IN_MEMORY_BYTES
 
   def __len__(self) -> int:
     return len(self.records)
 
+  @functools.cached_property
+  def arrays(self) -> dict[str, np.ndarray]:
+    """Every record, stacked by feature: {feature: (n, ...)}."""
+    starts = range(0, len(self), 4096)
+    chunks = [_stack(self.records.__getitems__(list(range(i, min(i + 4096, len(self)))))) for i in starts]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
   def batch(self, indices) -> dict[str, np.ndarray]:
-    return self.collate(self.records.__getitems__([int(i) for i in indices]))
+    indices = np.asarray(indices, np.int64)
+    if self.in_memory:
+      return self.collate({k: v[indices] for k, v in self.arrays.items()})
+    return self.collate(_stack(self.records.__getitems__(indices.tolist())))
+
+  def __getstate__(self) -> dict:  # To grain's worker processes (large splits only): without the arrays.
+    return {k: v for k, v in self.__dict__.items() if k != "arrays"}
+
+
+def _stack(records: list[dict]) -> dict[str, np.ndarray]:
+  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
 
 
 DATASETS = {

@@ -99,9 +99,9 @@ class Austen(tfds.core.GeneratorBasedBuilder):
       yield i, {"text": ids[i * WINDOW:(i + 1) * WINDOW + 1]}
 
 
-def collate(records: list[dict]) -> dict[str, np.ndarray]:
+def collate(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Each window's first WINDOW characters as inputs, and the next character of each as its target."""
-  text = np.stack([r["text"] for r in records]).astype(np.int32)  # (b, WINDOW + 1)
+  text = features["text"].astype(np.int32)  # (b, WINDOW + 1)
   return {"inputs": text[:, :-1], "targets": text[:, 1:]}
 
 

@@ -65,10 +65,9 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image[..., None], "label": int(label)}
 
 
-def collate(records: list[dict]) -> dict[str, np.ndarray]:
-  """Images as float32 in [0, 1] `(b, 28, 28, 1)`, labels `(b,)`."""
-  return {"inputs": np.stack([r["image"] for r in records]).astype(np.float32) / 255.0,
-          "targets": np.asarray([r["label"] for r in records], dtype=np.int32)}
+def collate(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A batch of records (`image` (b, 28, 28, 1) uint8, `label` (b,)): images as float32 in [0, 1], labels int32."""
+  return {"inputs": features["image"].astype(np.float32) / 255.0, "targets": features["label"].astype(np.int32)}
 
 
 def load(split: str, data_dir: str | None = None, idx_dir: str | None = None):

@@ -5,6 +5,7 @@ is checked (`check`) before anything is compiled or written to a workdir.
 """
 
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,8 @@ from experiment import sharding
 from experiment.config import ConfigError, check as check_fields
 
 OPTIMIZERS = {"adamw", "sgd"}
-SCHEDULES = {"cosine", "constant"}
+SCHEDULES = {"cosine", "linear", "constant", "warmup_stable_decay"}
+DECAY = {"kernels", "all"}  # Which parameters weight decay shrinks: ndim >= 2 only, or every one.
 WANDB_MODES = {"online", "offline", "disabled"}
 
 
@@ -26,7 +28,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   check_fields(config, known={
       "dataset.name": list(data.DATASETS), "model.name": list(models.MODELS),
       "layers.type": list(models.LAYER_TYPES), "optimizer.name": list(OPTIMIZERS),
-      "optimizer.schedule": list(SCHEDULES), "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
+      "compute_dtype": ["float32", "bfloat16"],
+      "optimizer.schedule": list(SCHEDULES), "optimizer.decay": list(DECAY), "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
 
 
 def dataset(config: ml_collections.ConfigDict) -> data.Dataset:
@@ -43,11 +46,11 @@ def example_input(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Arra
 def datasets(config: ml_collections.ConfigDict) -> tuple[data.Split, data.Split]:
   """(train, test) splits; prepares the TFDS dataset on first use."""
   spec = dataset(config)
-  fields = {k: v or None for k, v in config.dataset.items() if k not in ("name", "eval_limit")}  # Where its files are.
+  fields = {k: v or None for k, v in config.dataset.items() if k not in ("name", "eval_limit", "workers")}  # Where its files are.
   takes = set(inspect.signature(spec.load).parameters) - {"split"}
   if set(fields) - takes:
     raise ConfigError(f"config.dataset.{sorted(set(fields) - takes)[0]} is not a field of the {config.dataset.name} "
-                      f"dataset, which takes {sorted(takes)} (and name, eval_limit)")
+                      f"dataset, which takes {sorted(takes)} (and name, eval_limit, workers)")
   train, test = (data.Split(spec.load(split, **fields), spec.collate) for split in ("train", "test"))
   for field, split, name in (("batch_size", train, "train"), ("eval_batch_size", test, "test")):
     if config[field] > len(split):
@@ -62,7 +65,7 @@ def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
   spec = dataset(config)
   try:
     return models.build(config.model, layers, input_shape=spec.input_shape, num_classes=spec.num_classes,
-                        seed=config.seed)
+                        seed=config.seed, dtype=jnp.dtype(config.compute_dtype))
   except TypeError as e:  # A keyword the model or layer does not take.
     raise ConfigError(f"config.model / config.layers has a field the model does not take: {e}") from e
   except ValueError as e:  # Layers name the field in their message.
@@ -70,17 +73,54 @@ def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
 
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
-  o = config.optimizer
-  if o.schedule == "constant":
-    return optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1)) if o.warmup_steps else optax.constant_schedule(o.learning_rate)
-  warmup = max(o.warmup_steps, 1)  # A warm-up as long as the run: it ends before the peak, with no decay.
-  return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(config.num_steps, warmup + 1))
+  """Linear warm-up over `warmup_steps`, then `schedule`: cosine or linear decay to 0 at the last step, constant,
+  or warmup_stable_decay (constant, then linear decay to 0 over the last `decay_fraction` of the steps)."""
+  o, steps = config.optimizer, config.num_steps
+  warmup = min(o.warmup_steps, steps)
+  ramp = optax.linear_schedule(0.0, o.learning_rate, warmup) if warmup else None
+  rest = max(steps - warmup, 1)
+  after = {"cosine": lambda: optax.cosine_decay_schedule(o.learning_rate, rest),
+           "linear": lambda: optax.linear_schedule(o.learning_rate, 0.0, rest),
+           "constant": lambda: optax.constant_schedule(o.learning_rate),
+           "warmup_stable_decay": lambda: optax.join_schedules(
+               [optax.constant_schedule(o.learning_rate),
+                optax.linear_schedule(o.learning_rate, 0.0, max(round(o.decay_fraction * steps), 1))],
+               [rest - max(round(o.decay_fraction * steps), 1)])}[o.schedule]()
+  return optax.join_schedules([ramp, after], [warmup]) if ramp else after
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW or SGD with momentum (weight decay decoupled, on kernels only unless `decay=all`), after gradient
+  clipping, and with `ema_decay` > 0 an EMA of the parameters kept in the optimizer state (`ema_parameters`)."""
   o, lr = config.optimizer, learning_rate(config)
-  tx = optax.adamw(lr, weight_decay=o.weight_decay) if o.name == "adamw" else optax.sgd(lr, momentum=0.9)
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
+  decayed = None if o.decay == "all" else lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  if o.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=o.weight_decay, mask=decayed)
+  else:
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, decayed), optax.sgd(lr, momentum=0.9))
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
+  return optax.chain(tx, ema_parameters(o.ema_decay)) if o.ema_decay else tx
+
+
+class EmaState(NamedTuple):
+  ema: optax.Params
+
+
+def ema_parameters(decay: float) -> optax.GradientTransformation:
+  """Passes the updates through and keeps ema ← decay·ema + (1 − decay)·(params + updates): an exponential
+  moving average of the parameters after each update, in the optimizer state, so that it is checkpointed, laid
+  out and shrunk with the parameters' other optimizer state. (optax.ema averages updates, not parameters.)"""
+
+  def update(updates, state, params):
+    new = optax.apply_updates(params, updates)
+    return updates, EmaState(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, new))
+
+  return optax.GradientTransformation(lambda params: EmaState(jax.tree.map(jnp.copy, params)), update)
+
+
+def ema_of(optimizer: nnx.Optimizer) -> optax.Params | None:
+  """The EMA of the parameters the optimizer keeps (`ema_decay` > 0), else None."""
+  return optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state), "ema", default=None)
 
 
 def dense_warmup_steps(config: ml_collections.ConfigDict) -> int:
@@ -95,6 +135,13 @@ def optimizer_at(model: nnx.Module, config: ml_collections.ConfigDict, step: int
           for p, v in nnx.to_flat_state(nnx.state(opt))]
   nnx.update(opt, nnx.from_flat_state(flat))
   return opt
+
+
+def with_parameters(model: nnx.Module, params: optax.Params) -> nnx.Module:
+  """A copy of `model` whose parameters are `params` (a pure state of its nnx.Param, e.g. their EMA)."""
+  copy = nnx.clone(model)
+  nnx.update(copy, params)
+  return copy
 
 
 def count_params(model: nnx.Module) -> int:

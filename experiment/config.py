@@ -44,6 +44,11 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   return dict((kv.split("=", 1) + [""])[:2] for kv in arg.split(","))
 
 
+# Fields a config.json of an older version of the code lacks (checked like the `known` fields for presence).
+NEWER_FIELDS = ("optimizer.decay_fraction", "optimizer.accumulate_steps", "optimizer.ema_decay", "dataset.workers",
+                "profile_steps")
+
+
 def _require(ok: bool, field: str, message: str) -> None:
   if not ok:
     raise ConfigError(f"config.{field} {message}")
@@ -52,12 +57,13 @@ def _require(ok: bool, field: str, message: str) -> None:
 def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> None:
   """Raises ConfigError for the first bad field. `known` maps a field to its
   allowed values (datasets, models, layer types are registered elsewhere)."""
-  for field, allowed in known.items():
+  for field in [*known, *NEWER_FIELDS]:
     value = config
     for part in field.split("."):
       _require(part in value, field, "is missing (a config.json written by an older version of the code?); add it")
       value = value[part]
-    _require(value in allowed, field, f"={value!r} is unknown; choose one of {sorted(allowed)}")
+    if field in known:
+      _require(value in known[field], field, f"={value!r} is unknown; choose one of {sorted(known[field])}")
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",
                 "keep_checkpoints"):
     _require(isinstance(config[field], int) and config[field] > 0, field,
@@ -72,9 +78,33 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
   for field in ("weight_decay", "grad_clip"):
     value = config.optimizer[field]
     _require(0 <= value < math.inf, f"optimizer.{field}", f"={value!r} must be >= 0 and finite (0: off)")
-  devices = jax.device_count()
-  _require(config.batch_size % devices == 0, "batch_size",
-           f"={config.batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
+  o = config.optimizer
+  _require(0 < o.decay_fraction <= 1, "optimizer.decay_fraction", f"={o.decay_fraction!r} must be in (0, 1]")
+  _require(0 <= o.ema_decay < 1, "optimizer.ema_decay",
+           f"={o.ema_decay!r} must be in [0, 1) (0: off; e.g. 0.999); set --config.optimizer.ema_decay=0.999")
+  _require(isinstance(o.accumulate_steps, int) and o.accumulate_steps >= 1, "optimizer.accumulate_steps",
+           f"={o.accumulate_steps!r} must be an integer >= 1 (1: no accumulation)")
+  _require(isinstance(config.dataset.workers, int) and config.dataset.workers >= 0, "dataset.workers",
+           f"={config.dataset.workers!r} must be an integer >= 0 (0: read on threads)")
+  profile_steps(config)
+  devices, micro = jax.device_count(), config.optimizer.accumulate_steps
+  _require(config.batch_size % (devices * micro) == 0, "batch_size",
+           f"={config.batch_size} is not divisible by the {devices} devices × optimizer.accumulate_steps={micro}; "
+           f"use a multiple of {devices * micro}")
   _require(config.eval_batch_size % devices == 0, "eval_batch_size",
            f"={config.eval_batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
 
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """`config.profile_steps` "a:b" as (a, b), steps 1 <= a <= b <= num_steps to trace; "" is None."""
+  if not config.profile_steps:
+    return None
+  first, _, last = str(config.profile_steps).partition(":")
+  try:
+    a, b = int(first), int(last or first)
+  except ValueError:
+    a = b = 0
+  _require(1 <= a <= b <= config.num_steps, "profile_steps",
+           f"={config.profile_steps!r} must be 'a:b' with 1 <= a <= b <= num_steps={config.num_steps}, e.g. '10:20'")
+  return a, b

@@ -5,10 +5,12 @@ split over the same axis (`"fsdp"`: each array along its largest dimension that
 the device count divides; arrays with no such dimension, or smaller than
 `MIN_SHARDED`, stay replicated). The rule depends only on shapes, so the jitted
 step re-derives it when a shrink or an N:M frame change retraces it.
-`initialize` joins the processes of a multi-process run first.
+`initialize` joins the processes of a multi-process run first: given, or those
+a cluster manager started (SLURM, Open MPI, Cloud TPU).
 """
 
 import os
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -21,26 +23,61 @@ MIN_SHARDED = 1024  # Elements; smaller arrays are cheaper to replicate than to 
 
 
 def initialize(config) -> None:
-  """Joins the other processes of a multi-process run (before JAX touches a device): from config.distributed if
-  its coordinator is set, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID if the first is
-  set; otherwise this is the only process."""
+  """Joins the other processes of a multi-process run (before JAX touches a device), as the first of these says:
+  config.distributed if its coordinator is set ("auto": JAX finds the cluster itself); JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID if the first is set; a cluster manager that started this command as several
+  processes (`cluster_processes`). Otherwise this is the only process."""
   d = config.distributed
-  if d.coordinator:
-    address, count, index, source = d.coordinator, d.num_processes, d.process_id, "config.distributed"
+  if d.coordinator == "auto":
+    args = ()
+  elif d.coordinator:
+    args = _checked(d.coordinator, d.num_processes, d.process_id, "config.distributed")
   elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
     try:
-      address, count, index = (os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
-                               int(os.environ["JAX_PROCESS_ID"]))
+      count, index = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
     except (KeyError, ValueError) as e:
       raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set, so JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers "
                         f"({e!r})") from None
-    source = "JAX_NUM_PROCESSES / JAX_PROCESS_ID"
+    args = _checked(os.environ["JAX_COORDINATOR_ADDRESS"], count, index, "JAX_NUM_PROCESSES / JAX_PROCESS_ID")
+  elif cluster_processes(os.environ) > 1:
+    args = ()  # JAX reads the same variables for the coordinator, the process count and this process's index.
   else:
     return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # How CPU processes talk; GPUs and TPUs ignore it.
+  try:
+    jax.distributed.initialize(*args)
+  except ValueError as e:
+    if d.coordinator != "auto":
+      raise
+    raise ConfigError(f"config.distributed.coordinator=auto: JAX found no cluster to join ({e})") from None
+
+
+def _checked(address: str, count, index, source: str) -> tuple[str, int, int]:
   if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
     raise ConfigError(f"{source}: process {index} of {count}: need 0 <= process_id < num_processes")
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # How CPU processes talk; GPUs and TPUs ignore it.
-  jax.distributed.initialize(address, count, index)
+  return address, count, index
+
+
+def cluster_processes(environ: Mapping[str, str]) -> int:
+  """How many processes a cluster manager started as one job with this one (1 if none did), read from `environ`
+  the way `jax.distributed.initialize()` with no arguments reads it (jax/_src/clusters/): the first cluster present,
+  in JAX's order, gives the count. Mirrored from the variables rather than through JAX's private modules:
+  - Open MPI (`mpirun -np N`): OMPI_MCA_orte_hnp_uri is set; N is OMPI_COMM_WORLD_SIZE.
+  - SLURM (`srun`, a process per task): SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and
+    SLURM_LOCALID are set; N is SLURM_NTASKS. Only an `srun` step sets SLURM_STEP_NODELIST, so `python train.py`
+    in a batch script's own shell is one process whatever its --ntasks.
+  - Cloud TPU on GKE (which sets these on TPU hosts only): TPU_PROCESS_ADDRESSES, else TPU_WORKER_HOSTNAMES, lists
+    the slice's hosts; N is their number times MEGASCALE_NUM_SLICES (default 1). A TPU VM slice on Compute Engine
+    lists its hosts only on the metadata server, which JAX queries: there, set --config.distributed.coordinator=auto."""
+  if "OMPI_MCA_orte_hnp_uri" in environ:
+    return int(environ.get("OMPI_COMM_WORLD_SIZE", 1))
+  if all(k in environ for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                                 "SLURM_LOCALID")):
+    return int(environ["SLURM_NTASKS"])
+  hosts = environ.get("TPU_PROCESS_ADDRESSES", environ.get("TPU_WORKER_HOSTNAMES"))
+  if hosts is not None:
+    return len(hosts.split(",")) * int(environ.get("MEGASCALE_NUM_SLICES") or 1)
+  return 1
 
 
 def mesh() -> Mesh:

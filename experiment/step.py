@@ -2,11 +2,13 @@
 may run at log steps. Graph definitions are static arguments, so each distinct
 graph (after a shrink, an N:M frame change) compiles once."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiment import method as method_lib
 from experiment import sharding
@@ -30,6 +32,49 @@ def _gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: d
   return (loss, logits, extra), grads
 
 
+def _accumulated_gradients(method: method_lib.Method, seed: int, model: nnx.Module, batch: dict, step: jax.Array,
+                           micro: int, mesh: Mesh):
+  """`_gradients` over `micro` sequential micro-batches of `batch` (one `lax.scan`): the mean loss, accuracy, extra
+  metrics and gradients, as one pass over the whole batch would give them up to float rounding. Micro-batch j
+  holds examples j, j + micro, ..., so each is split over the devices like the batch."""
+  def split(x):  # (b, ...) -> (micro, b / micro, ...)
+    x = jnp.moveaxis(x.reshape(x.shape[0] // micro, micro, *x.shape[1:]), 1, 0)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, "data")))
+
+  model_def, model_state = nnx.split(model)
+
+  def one(grads, part):
+    micro_model = nnx.merge(model_def, jax.tree.map(lambda x: x, model_state))  # Variables of this trace level.
+    (loss, logits, extra), part_grads = _gradients(method, seed, micro_model, part, step)
+    metrics = {"train/loss": loss, "train/accuracy": _accuracy(logits, part["targets"]), **extra}
+    return jax.tree.map(jnp.add, grads, part_grads), (metrics, nnx.state(micro_model, nnx.Not(nnx.Param)))
+
+  zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+  grads, (metrics, variables) = jax.lax.scan(one, zeros, jax.tree.map(split, batch))
+  nnx.update(model, jax.tree.map(lambda v: v[-1], variables))  # What the method set on the model (same each time).
+  return jax.tree.map(lambda x: x.mean(0), metrics), jax.tree.map(lambda g: g / micro, grads)
+
+
+def _accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, -1) == targets)
+
+
+# jax.monitoring's event for each backend compilation (its `fun_name`: the jitted function's name).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def count_compilations() -> collections.Counter:
+  """Counts, from now on, the backend compilations of each jitted function by its name (e.g. "train_step")."""
+  counts = collections.Counter()
+
+  def listen(event: str, duration: float, *, fun_name: str = "", **_) -> None:
+    if event == BACKEND_COMPILE_EVENT:
+      counts[fun_name.removeprefix("jit(").removesuffix(")")] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  return counts
+
+
 def flops(jitted, *args) -> float:
   """XLA's estimate of the floating-point operations of one call of `jitted` (static arguments included)."""
   cost = jitted.lower(*args).cost_analysis()
@@ -38,7 +83,7 @@ def flops(jitted, *args) -> float:
 
 
 def make_train_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: str = "data",
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, accumulate_steps: int = 1):
   """One jitted step: graph definitions (static), (model state, optimizer state), batch, step -> new states, metrics.
 
   A new graph definition (a shrink, an N:M frame change) compiles once; every other step reuses the compilation.
@@ -46,17 +91,21 @@ def make_train_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: st
   passed in, and the next call hits the same compilation.
   `skip_nonfinite`: a step with a non-finite metric (loss, gradient norm, norm of the updated weights, ...)
   returns the states it was given, and the metric `train/skipped` = 1.
+  `accumulate_steps` > 1: the batch's gradients are accumulated over that many micro-batches, then one update.
   """
 
   def train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, state: tuple[nnx.State, nnx.State], batch: dict,
                  step: jax.Array):
     given = jax.tree.map(lambda x: x, state)  # Its own Variables: `merge` shares those of `state`, which update mutates.
     model, optimizer = nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
-    (loss, logits, extra), grads = _gradients(method, seed, model, batch, step)
+    if accumulate_steps > 1:
+      step_metrics, grads = _accumulated_gradients(method, seed, model, batch, step, accumulate_steps, mesh)
+    else:
+      (loss, logits, extra), grads = _gradients(method, seed, model, batch, step)
+      step_metrics = {"train/loss": loss, "train/accuracy": _accuracy(logits, batch["targets"]), **extra}
     optimizer.update(model, grads)
-    step_metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["targets"]),
-                    "train/grad_norm": optax.tree.norm(grads),
-                    "train/param_norm": optax.tree.norm(nnx.state(model, nnx.Param)), **extra}
+    step_metrics |= {"train/grad_norm": optax.tree.norm(grads),
+                     "train/param_norm": optax.tree.norm(nnx.state(model, nnx.Param))}
     new_state = (nnx.state(model), nnx.state(optimizer))
     if skip_nonfinite:
       finite = jnp.all(jnp.isfinite(jnp.stack(list(step_metrics.values()))))  # Loss, gradient and new weight norms.

@@ -92,6 +92,29 @@ def record(runs: list[Run], folder: pathlib.Path, command: list[str]) -> None:
   write_atomic(folder / "sweep.json", json.dumps(payload, indent=2) + "\n")
 
 
+def write_slurm(runs: list[Run], folder: pathlib.Path, sbatch_options: list[str]) -> pathlib.Path:
+  """<folder>/sweep.slurm: a SLURM array job whose task i runs `runs[i]`'s train.py command in the repository root
+  with this Python, its output in <folder>/<name>_s<seed>.log as `run` writes it (SLURM's own: <folder>/slurm-*.out).
+  `sbatch_options` (e.g. --gres=gpu:1) come after the job's own #SBATCH lines, so they can override them."""
+  folder.mkdir(parents=True, exist_ok=True)
+  path, last = folder / "sweep.slurm", len(runs) - 1
+  options = [f"--job-name={folder.resolve().name}", f"--array=0-{last}",
+             f"--output={folder.resolve()}/slurm-%A_%a.out", *sbatch_options]
+  tasks = [f"  {i}) exec {shlex.join(r.command)} >> {shlex.quote(str(r.workdir))}.log 2>&1 ;;"
+           for i, r in enumerate(runs)]
+  write_atomic(path, "\n".join([
+      "#!/bin/bash", *(f"#SBATCH {o}" for o in options),
+      f"# One task per run not finished when written (sweep.json lists them all). Submit: sbatch {path}",
+      "set -euo pipefail",
+      f"cd {shlex.quote(str(ROOT))}",
+      f"export PATH={shlex.quote(str(pathlib.Path(sys.executable).parent))}:$PATH",
+      'case "${SLURM_ARRAY_TASK_ID:-}" in', *tasks,
+      f'  *) echo "error: SLURM_ARRAY_TASK_ID=${{SLURM_ARRAY_TASK_ID:-}}: expected 0-{last} (submit with sbatch)" >&2;'
+      f' exit 2 ;;',
+      "esac", ""]))
+  return path
+
+
 def code_version() -> str:
   """The git commit, with `+changes` if the working tree differs from it."""
   git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -4,6 +4,10 @@ A layer keeps `down` and `up` factors of its current rank `r` (their shapes:
 shrinking slices them) and an `ActiveRank`, a traced integer `k <= r`: the
 forward pass uses only the first `k` components, so a sampled rank never
 changes a shape and never recompiles.
+
+The factors are float32 parameters; a layer computes in its `dtype` (e.g.
+bfloat16), casting the input and the factors at use, so the group lasso and
+the rank importance always read the float32 factors.
 """
 
 import math
@@ -50,9 +54,9 @@ class LowRankLinear(nnx.Module):
   """y = (x · down[:, :k]) · up[:k] + bias, `down: (in, r)`, `up: (r, out)`."""
 
   def __init__(self, in_features: int, out_features: int, *, rank: int, rngs: nnx.Rngs, use_bias: bool = True,
-               init: str = "spectral", name: str = ""):
+               init: str = "spectral", name: str = "", dtype: jnp.dtype = jnp.float32):
     down, up = _factors(rngs.params(), in_features, out_features, rank, init)
-    self.name = name
+    self.name, self.dtype = name, dtype
     self.down, self.up = nnx.Param(down), nnx.Param(up)
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.active_rank = ActiveRank(jnp.array(rank, jnp.int32))
@@ -63,8 +67,9 @@ class LowRankLinear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
     keep = jnp.arange(self.rank) < self.active_rank[...]  # (r,)
-    y = ((x @ self.down[...]) * keep) @ self.up[...]
-    return y + self.bias[...] if self.bias is not None else y
+    x, down, up = (a.astype(self.dtype) for a in (x, self.down[...], self.up[...]))
+    y = ((x @ down) * keep) @ up
+    return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
 class LowRankConv(nnx.Module):
@@ -74,13 +79,13 @@ class LowRankConv(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, rank: int, rngs: nnx.Rngs,
                strides: int = 1, padding: str = "SAME", dilation: int = 1, groups: int = 1,
-               init: str = "spectral", name: str = ""):
+               init: str = "spectral", name: str = "", dtype: jnp.dtype = jnp.float32):
     if groups != 1:
       raise ValueError(f"low-rank conv {name!r}: groups={groups} is not supported; keep this layer dense "
                        f"with --config.layers.keep_dense")
     fan_in = kernel_size * kernel_size * in_features
     down, up = _factors(rngs.params(), fan_in, out_features, rank, init)
-    self.name, self.strides, self.padding, self.dilation = name, strides, padding, dilation
+    self.name, self.strides, self.padding, self.dilation, self.dtype = name, strides, padding, dilation, dtype
     self.down = nnx.Param(down.reshape(kernel_size, kernel_size, in_features, rank))
     self.up = nnx.Param(up)
     self.bias = nnx.Param(jnp.zeros((out_features,)))
@@ -92,7 +97,7 @@ class LowRankConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
     keep = jnp.arange(self.rank) < self.active_rank[...]
-    h = jax.lax.conv_general_dilated(x, self.down[...], (self.strides,) * 2, self.padding,
-                                     rhs_dilation=(self.dilation,) * 2,
+    x, down, up, bias = (a.astype(self.dtype) for a in (x, self.down[...], self.up[...], self.bias[...]))
+    h = jax.lax.conv_general_dilated(x, down, (self.strides,) * 2, self.padding, rhs_dilation=(self.dilation,) * 2,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))  # (b, h', w', r)
-    return (h * keep) @ self.up[...] + self.bias[...]
+    return (h * keep) @ up + bias

@@ -1,5 +1,6 @@
 """Models built from the layer factory."""
 
+import jax.numpy as jnp
 from flax import nnx
 
 from models.cnn import CNN
@@ -11,9 +12,11 @@ from models.vit import ViT
 MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT, "lm": LM}
 
 
-def build(model_config, layers_config, *, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nnx.Module:
-  """Model from `config.model` (`name` + its keyword arguments) and `config.layers`."""
+def build(model_config, layers_config, *, input_shape: tuple[int, ...], num_classes: int, seed: int,
+          dtype: jnp.dtype = jnp.float32) -> nnx.Module:
+  """Model from `config.model` (`name` + its keyword arguments) and `config.layers`, computing in `dtype`
+  (parameters float32, logits float32)."""
   kwargs = dict(model_config)
   name = kwargs.pop("name")
-  layers = LayerFactory(**dict(layers_config))
+  layers = LayerFactory(**dict(layers_config), dtype=dtype)
   return MODELS[name](layers, input_shape=input_shape, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)

@@ -1,7 +1,9 @@
 """A small CNN with GroupNorm (no BatchNorm: ranks and masks change during
-training, and BatchNorm statistics would then be stale)."""
+training, and BatchNorm statistics would then be stale). It computes in
+`layers.dtype`; GroupNorm statistics and the logits are float32."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from models.layers import LayerFactory
@@ -15,7 +17,7 @@ class CNN(nnx.Module):
     h, w, c = input_shape
     sizes = [c, *channels]
     self.convs = nnx.List([layers.conv(f"conv{i + 1}", a, b, 3, rngs=rngs) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))])
-    self.norms = nnx.List([nnx.GroupNorm(b, num_groups=groups, rngs=rngs) for b in channels])
+    self.norms = nnx.List([nnx.GroupNorm(b, num_groups=groups, dtype=layers.dtype, rngs=rngs) for b in channels])
     flat = (h >> len(channels)) * (w >> len(channels)) * channels[-1]
     self.fc = layers.linear("fc", flat, hidden, rngs=rngs)
     self.head = layers.linear("head", hidden, num_classes, rngs=rngs)
@@ -25,4 +27,4 @@ class CNN(nnx.Module):
       x = jax.nn.relu(norm(conv(x)))
       x = nnx.max_pool(x, (2, 2), strides=(2, 2))
     x = jax.nn.relu(self.fc(x.reshape(x.shape[0], -1)))
-    return self.head(x)
+    return self.head(x).astype(jnp.float32)

@@ -4,6 +4,7 @@ positions, causal attention): tokens `(b, t)` -> next-token logits `(b, t, vocab
 Its projections come from the layer factory with the ViT's names
 (`block{i}/attn/{query,key,value,out}`, `block{i}/mlp/{fc1,fc2}`, `head`), so
 low rank and N:M apply per projection; the token embedding is a plain table.
+It computes in `layers.dtype` like the ViT; the logits are float32.
 """
 
 import jax
@@ -21,18 +22,19 @@ class LM(nnx.Module):
     (length,) = input_shape
     if dim % num_heads:
       raise ValueError(f"config.model.num_heads={num_heads} must divide config.model.dim={dim}")
-    self.embed = nnx.Embed(num_classes, dim, rngs=rngs)
+    self.dtype = layers.dtype
+    self.embed = nnx.Embed(num_classes, dim, dtype=layers.dtype, rngs=rngs)
     self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (length, dim)))
     self.blocks = nnx.List([Block(layers, f"block{i}", dim, num_heads, mlp_dim, causal=True, rngs=rngs)
                             for i in range(depth)])
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.norm = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.head = layers.linear("head", dim, num_classes, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:  # (b, t) int -> (b, t, vocab); t <= the input length
-    x = self.embed(tokens) + self.pos_embed[...][:tokens.shape[1]]
+    x = self.embed(tokens) + self.pos_embed[...][:tokens.shape[1]].astype(self.dtype)
     for block in self.blocks:
       x = block(x)
-    return self.head(self.norm(x))
+    return self.head(self.norm(x)).astype(jnp.float32)
 
 
 def sample(model: LM, prompt: list[int], length: int, key: jax.Array, temperature: float = 1.0) -> list[int]:

@@ -1,6 +1,7 @@
 """A multi-layer perceptron on flattened images."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from models.layers import LayerFactory
@@ -19,4 +20,4 @@ class MLP(nnx.Module):
     x = x.reshape(x.shape[0], -1)
     for layer in self.hidden:
       x = jax.nn.relu(layer(x))
-    return self.head(x)
+    return self.head(x).astype(jnp.float32)

@@ -2,7 +2,9 @@
 
 Every projection comes from the layer factory and has its own name:
 `patch_embed`, `block{i}/attn/{query,key,value,out}`, `block{i}/mlp/{fc1,fc2}`
-and `head`, so low-rank or N:M applies per projection.
+and `head`, so low-rank or N:M applies per projection. It computes in
+`layers.dtype`; LayerNorm statistics, the attention softmax (float32 in
+jax.nn.dot_product_attention) and the returned logits are float32.
 """
 
 import jax
@@ -44,9 +46,9 @@ class Block(nnx.Module):
 
   def __init__(self, layers: LayerFactory, name: str, dim: int, num_heads: int, mlp_dim: int, *,
                causal: bool = False, rngs: nnx.Rngs):
-    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+    self.norm1 = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.attn = Attention(layers, f"{name}/attn", dim, num_heads, causal=causal, rngs=rngs)
-    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.mlp = MlpBlock(layers, f"{name}/mlp", dim, mlp_dim, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -61,18 +63,18 @@ class ViT(nnx.Module):
     h, w, c = input_shape
     if h % patch or w % patch:
       raise ValueError(f"config.model.patch={patch} must divide the image size {h}x{w}")
-    self.patch = patch
+    self.patch, self.dtype = patch, layers.dtype
     self.patch_embed = layers.linear("patch_embed", patch * patch * c, dim, rngs=rngs)
     self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), ((h // patch) * (w // patch), dim)))
     self.blocks = nnx.List([Block(layers, f"block{i}", dim, num_heads, mlp_dim, rngs=rngs) for i in range(depth)])
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.norm = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.head = layers.linear("head", dim, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, c) -> (b, classes)
     b, h, w, c = x.shape
     p = self.patch
     x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
-    x = self.patch_embed(x) + self.pos_embed[...]
+    x = self.patch_embed(x) + self.pos_embed[...].astype(self.dtype)
     for block in self.blocks:
       x = block(x)
-    return self.head(jnp.mean(self.norm(x), axis=1))
+    return self.head(jnp.mean(self.norm(x), axis=1)).astype(jnp.float32)

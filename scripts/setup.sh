@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs whatever is missing, and nothing twice:
-#   1. .venv with the pinned packages (pyproject.toml + requirements.lock);
+#   1. .venv with the pinned packages (pyproject.toml + requirements.lock) and, with --accelerator=cuda12 or tpu
+#      (or ACCELERATOR=cuda12 or tpu), JAX's plugin for NVIDIA GPUs or Cloud TPUs (requirements-<accelerator>.lock);
+#      without either, the accelerator of the last install (cpu at first); --accelerator=cpu removes the plugin;
 #   2. Jane Austen's novels: the Debian package r-cran-janeaustenr, unpacked
 #      (apt-get download + dpkg -x, so R is not pulled in) into .data/debian;
 #   3. the Fashion-MNIST IDX files: the Debian package dataset-fashion-mnist
@@ -10,15 +12,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-stamp=".venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
+accelerator=${ACCELERATOR:-}
+for arg in "$@"; do
+  case $arg in
+    --accelerator=*) accelerator=${arg#--accelerator=} ;;
+    *) echo "error: unknown argument '$arg'; usage: bash scripts/setup.sh [--accelerator=cpu|cuda12|tpu]" >&2; exit 2 ;;
+  esac
+done
+installed=$(cat .venv/.accelerator 2>/dev/null || echo cpu)
+accelerator=${accelerator:-$installed}
+case $accelerator in
+  cpu) lock= ;;
+  cuda12 | tpu) lock=requirements-$accelerator.lock ;;
+  *) echo "error: accelerator '$accelerator' (--accelerator or ACCELERATOR): expected cpu, cuda12 or tpu" >&2; exit 2 ;;
+esac
+
+stamp=".venv/.installed-$(cat pyproject.toml requirements.lock $lock | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv || { echo "error: 'python3 -m venv' failed; install it (Debian: apt-get install python3-venv) and re-run" >&2; exit 1; }
   fi
-  echo "Installing the pinned Python packages into .venv (a few minutes, once)..."
+  echo "Installing the pinned Python packages${lock:+ and JAX for $accelerator} into .venv (a few minutes, once)..."
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
+  if [ "$installed" != cpu ] && [ "$installed" != "$accelerator" ]; then  # The other accelerator's packages go.
+    .venv/bin/python -m pip uninstall -y -q $(grep -v '^#' "requirements-$installed.lock" | sed 's/[^A-Za-z0-9._-].*//')
+  fi
+  .venv/bin/python -m pip install -q -c requirements.lock ${lock:+-r "$lock"} -e ".[test]"
   rm -f .venv/.installed-*
+  echo "$accelerator" > .venv/.accelerator
   touch "$stamp"
 fi
 

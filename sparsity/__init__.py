@@ -2,6 +2,8 @@
 
 import fnmatch
 
+import jax.numpy as jnp
+
 from sparsity.layers import NMConv, NMLinear, Sparsity
 from sparsity.masks import nm_mask, unstructured_mask
 from sparsity.schedules import mask_decay, structure_decay_frames
@@ -30,15 +32,16 @@ def _checked(name: str, n, m) -> tuple[int, int]:
   return n, m
 
 
-def linear(in_features, out_features, *, rngs, name="", n=2, m=4, patterns=None, use_bias=True, **_):
+def linear(in_features, out_features, *, rngs, name="", n=2, m=4, patterns=None, use_bias=True, dtype=jnp.float32,
+           **_):
   """The layer factory's `nm` linear."""
   n, m = _checked(name, *pattern_for(name, n, m, patterns))
-  return NMLinear(in_features, out_features, n=n, m=m, rngs=rngs, use_bias=use_bias, name=name)
+  return NMLinear(in_features, out_features, n=n, m=m, rngs=rngs, use_bias=use_bias, name=name, dtype=dtype)
 
 
 def conv(in_features, out_features, kernel_size, *, rngs, name="", n=2, m=4, patterns=None, strides=1,
-         padding="SAME", **_):
+         padding="SAME", dtype=jnp.float32, **_):
   """The layer factory's `nm` conv (HWIO, groups along the input channels)."""
   n, m = _checked(name, *pattern_for(name, n, m, patterns))
   return NMConv(in_features, out_features, kernel_size, n=n, m=m, rngs=rngs, strides=strides, padding=padding,
-                name=name)
+                name=name, dtype=dtype)

@@ -11,6 +11,10 @@ the training loss sets and resets to 0, so evaluation and export always see
 the hard mask `W ⊙ m`. The forward pass writes nothing: what the metrics need
 (the mask at the last log step, flips, gradient norms) the training method
 records at log steps only.
+
+The kernel is a float32 parameter and the mask (hard or soft) is computed from
+it in float32; a layer computes in its `dtype` (e.g. bfloat16): only the masked
+kernel, the input and the bias are cast, at use.
 """
 
 import dataclasses
@@ -75,12 +79,12 @@ _sr_ste.defvjp(_sr_ste_fwd, _sr_ste_bwd)
 class _NMKernel(nnx.Module):
   """What NMLinear and NMConv share: the kernel, its mask and the forward rule."""
 
-  def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str) -> None:
+  def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str, dtype: jnp.dtype) -> None:
     if kernel.shape[axis] % m:
       raise ValueError(f"config.layers.m (or config.layers.patterns): N:M layer {name!r} groups {kernel.shape[axis]} "
                        f"inputs, not divisible by M={m}; choose an M that divides {kernel.shape[axis]} or keep the "
                        f"layer dense with --config.layers.keep_dense")
-    self.name, self.axis, self.target = name, axis, (n, m)
+    self.name, self.axis, self.target, self.dtype = name, axis, (n, m), dtype
     self.kernel = nnx.Param(kernel)
     self.sparsity = Sparsity((n, m))
     self.alpha = MaskDecay(jnp.zeros((), jnp.float32))
@@ -96,7 +100,7 @@ class _NMKernel(nnx.Module):
     return unstructured_mask(kernel, n / m) if s.unstructured else nm_mask(kernel, n, m, self.axis)
 
   def masked_kernel(self) -> jax.Array:
-    """The kernel the forward pass uses."""
+    """The kernel the forward pass uses (float32, like the kernel)."""
     w, s = self.kernel[...], self.sparsity
     if s.pattern is None:
       return w
@@ -113,13 +117,14 @@ class NMLinear(_NMKernel):
   """y = x · (kernel ⊙ mask) + bias, `kernel: (in, out)`, groups of M inputs."""
 
   def __init__(self, in_features: int, out_features: int, *, n: int, m: int, rngs: nnx.Rngs, use_bias: bool = True,
-               name: str = ""):
-    self._init_sparsity(nnx.initializers.lecun_normal()(rngs.params(), (in_features, out_features)), n, m, 0, name)
+               name: str = "", dtype: jnp.dtype = jnp.float32):
+    kernel = nnx.initializers.lecun_normal()(rngs.params(), (in_features, out_features))
+    self._init_sparsity(kernel, n, m, 0, name, dtype)
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
-    y = x @ self.masked_kernel()
-    return y + self.bias[...] if self.bias is not None else y
+    y = x.astype(self.dtype) @ self.masked_kernel().astype(self.dtype)
+    return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
 class NMConv(_NMKernel):
@@ -127,13 +132,13 @@ class NMConv(_NMKernel):
   at one spatial tap and one output channel."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, n: int, m: int, rngs: nnx.Rngs,
-               strides: int = 1, padding: str = "SAME", name: str = ""):
+               strides: int = 1, padding: str = "SAME", name: str = "", dtype: jnp.dtype = jnp.float32):
     shape = (kernel_size, kernel_size, in_features, out_features)
-    self._init_sparsity(nnx.initializers.lecun_normal()(rngs.params(), shape), n, m, 2, name)
+    self._init_sparsity(nnx.initializers.lecun_normal()(rngs.params(), shape), n, m, 2, name, dtype)
     self.bias = nnx.Param(jnp.zeros((out_features,)))
     self.strides, self.padding = strides, padding
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
-    y = jax.lax.conv_general_dilated(x, self.masked_kernel(), (self.strides,) * 2, self.padding,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + self.bias[...]
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), self.masked_kernel().astype(self.dtype), (self.strides,) * 2,
+                                     self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + self.bias[...].astype(self.dtype)

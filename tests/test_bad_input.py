@@ -18,6 +18,13 @@ CASES = {
     "unknown wandb mode": ({"wandb.mode": "cloud"}, "config.wandb.mode"),
     "unknown field": ({"batch_sise": 32}, "batch_sise"),
     "wrong value type": ({"batch_size": "many"}, "batch_size"),
+    "unknown compute dtype": ({"compute_dtype": "float16"}, "config.compute_dtype"),
+    "unknown schedule": ({"optimizer.schedule": "step"}, "config.optimizer.schedule"),
+    "unknown weight decay choice": ({"optimizer.decay": "biases"}, "config.optimizer.decay"),
+    "no accumulation steps": ({"optimizer.accumulate_steps": 0}, "config.optimizer.accumulate_steps"),
+    "batch not divisible by accumulation": ({"optimizer.accumulate_steps": 3}, "config.batch_size"),
+    "EMA decay of 1": ({"optimizer.ema_decay": 1.0}, "config.optimizer.ema_decay"),
+    "profile beyond the run": ({"profile_steps": "15:30"}, "config.profile_steps"),
 }
 
 

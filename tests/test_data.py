@@ -65,6 +65,8 @@ def test_missing_configured_folder_is_a_clear_error(tmp_path):
 class _Source:
   """A stand-in random-access source whose records are their own index."""
 
+  in_memory = True
+
   def __len__(self):
     return 50
 

@@ -1,6 +1,7 @@
 """Sharding: the FSDP layout rule, and train.py on 8 forced host devices (data
 parallel and FSDP) against 1 device, for dense, Maestro (across shrinks) and
-N:M (across SDGF frames), including a resume onto another device count."""
+N:M (across SDGF frames), including a resume onto another device count; and
+when a cluster's environment makes train.py join several processes."""
 
 import os
 import re
@@ -11,11 +12,14 @@ import subprocess
 import sys
 import time
 
+import jax
+import ml_collections
 import pytest
+from jax._src import clusters
 from jax.sharding import PartitionSpec as P
 
 from experiment import metrics, sharding
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, assert_one_line_error, run
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 TOLERANCE = 1e-3  # Relative, per logged step: the order of the cross-device float32 sums differs, and training
@@ -40,6 +44,73 @@ RUNS = {
 ])
 def test_layout_rule(shape, kind, devices, expected):
   assert sharding.spec(shape, kind, devices) == expected
+
+
+SRUN = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[01-04]", "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}
+OMPI = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "OMPI_COMM_WORLD_RANK": "0",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
+CLUSTER_VARIABLES = ("SLURM_", "OMPI_", "TPU_PROCESS_ADDRESSES", "TPU_WORKER_", "MEGASCALE_", "KUBERNETES_",
+                     "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")
+
+
+def _environment(monkeypatch, variables: dict) -> None:
+  """This process's environment without any cluster's variables, plus `variables`."""
+  for key in [k for k in os.environ if k.startswith(CLUSTER_VARIABLES)]:
+    monkeypatch.delenv(key)
+  for key, value in variables.items():
+    monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("variables,processes", [
+    ({}, 1),
+    ({**SRUN, "SLURM_NTASKS": "4"}, 4),                          # srun with 4 tasks.
+    ({**SRUN, "SLURM_NTASKS": "1"}, 1),                          # A single-task job.
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, 1),  # sbatch's shell.
+    ({**OMPI, "OMPI_COMM_WORLD_SIZE": "2"}, 2),                  # mpirun -np 2.
+    ({**OMPI, "OMPI_COMM_WORLD_SIZE": "1", **SRUN, "SLURM_NTASKS": "4"}, 1),  # mpirun -np 1 in an srun step: MPI first.
+    ({"TPU_WORKER_HOSTNAMES": "localhost,h1,h2,h3"}, 4),          # A GKE TPU slice of 4 hosts,
+    ({"TPU_WORKER_HOSTNAMES": "localhost,h1", "MEGASCALE_NUM_SLICES": "2"}, 4),  # 2 slices of 2,
+    ({"TPU_PROCESS_ADDRESSES": "localhost:8471,h1:8471", "TPU_WORKER_HOSTNAMES": "localhost"}, 2),  # (first),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, 1),                   # one host.
+])
+def test_cluster_processes_agree_with_jax(variables, processes, monkeypatch):
+  assert sharding.cluster_processes(variables) == processes
+  # JAX's own detection (private, so only here) counts the same. Its TPU clusters count on a TPU VM only, and
+  # there ask the metadata server for what GKE's environment would give.
+  tpu = any(k.startswith("TPU_") for k in variables)
+  gke = {"TPU_WORKER_ID": "0", "MEGASCALE_COORDINATOR_ADDRESS": "localhost", "MEGASCALE_NUM_SLICES": "1",
+         "MEGASCALE_SLICE_ID": "0"} if tpu else {}
+  _environment(monkeypatch, {**gke, **variables})
+  monkeypatch.setattr(clusters.cloud_tpu_cluster, "running_in_cloud_tpu_vm", tpu)
+  _, count, _, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, 10)
+  assert (count or 1) == processes
+
+
+@pytest.mark.parametrize("coordinator,variables,expected", [
+    ("", {**SRUN, "SLURM_NTASKS": "4"}, ()),                         # JAX finds the cluster itself.
+    ("", {**SRUN, "SLURM_NTASKS": "1"}, None),                       # One process: nothing to join.
+    ("", {**OMPI, "OMPI_COMM_WORLD_SIZE": "2"}, ()),
+    ("", {**SRUN, "SLURM_NTASKS": "4", "JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
+          "JAX_PROCESS_ID": "1"}, ("h:1", 2, 1)),                    # Given variables win,
+    ("c:2", {**SRUN, "SLURM_NTASKS": "4"}, ("c:2", 3, 2)),           # and so does the config.
+    ("auto", {}, ()),
+])
+def test_initialize_joins_the_processes_a_cluster_started(coordinator, variables, expected, monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+  monkeypatch.setattr(jax.config, "update", lambda *args: None)
+  _environment(monkeypatch, variables)
+  config = ml_collections.ConfigDict({"distributed": {"coordinator": coordinator, "num_processes": 3, "process_id": 2}})
+  sharding.initialize(config)
+  assert calls == ([] if expected is None else [expected])
+
+
+def test_auto_without_a_cluster_is_one_line(monkeypatch, tmp_path):
+  _environment(monkeypatch, {})
+  out = run("train.py", "--config", RUNS["dense"][0], "--workdir", str(tmp_path / "run"),
+            overrides={"distributed.coordinator": "auto"}, check=False)
+  assert_one_line_error(out, "config.distributed.coordinator=auto: JAX found no cluster to join")
+  assert not (tmp_path / "run").exists()
 
 
 def _train(name: str, workdir, tiny_data, env=None, **extra):

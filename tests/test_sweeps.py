@@ -4,10 +4,12 @@ an interrupted one resumed, a finished sweep trains nothing), and reported."""
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import shutil
 import statistics
+import subprocess
 
 import pytest
 
@@ -117,6 +119,38 @@ def test_seeds_runs_only_the_chosen_seeds(nm_sweep, tmp_path):
   assert not (folder / "dense_s1").exists()
 
 
+def test_emit_slurm_writes_an_array_job_of_the_unfinished_runs(nm_sweep, tmp_path):
+  config, original = nm_sweep
+  folder = tmp_path / "nm"
+  shutil.copytree(original, folder)
+  unfinished = ("dense_s1", "sdgf-stepwise_1of8_s0")
+  for name in unfinished:
+    shutil.rmtree(folder / name)
+  unchanged = lambda: {k: v for k, v in snapshot(folder).items() if k.name not in ("sweep.json", "sweep.slurm")}
+  before = unchanged()
+  args = ("--config", config, "--folder", str(folder), "--set", "wandb.mode=disabled")
+  out = run("sweep.py", *args, "--emit=slurm", "--slurm_args=--gres=gpu:1 --time=4:00:00")
+  script = folder / "sweep.slurm"
+  assert "a SLURM array job of 2 task(s)" in out.stdout and f"sbatch {script}" in out.stdout
+  assert unchanged() == before  # Nothing trained. The script runs each unfinished run's command as sweep.json has it:
+  text = script.read_text()
+  commands = {r["workdir"]: r["command"] for r in json.loads((folder / "sweep.json").read_text())["runs"]}
+  listed = [l.split(maxsplit=2)[-1] for l in run("sweep.py", *args, "--list").stdout.splitlines() if "to run" in l]
+  tasks = re.findall(r"^  (\d+)\) exec (.*) >> (\S+)\.log 2>&1 ;;$", text, re.M)
+  assert tasks == [(str(i), commands[name], f"{folder}/{name}") for i, name in enumerate(unfinished)]
+  assert [c for _, c, _ in tasks] == listed and "--config.wandb.mode=disabled" in listed[0]
+  assert re.search(r"#SBATCH --array=0-1\n.*#SBATCH --gres=gpu:1\n#SBATCH --time=4:00:00\n", text, re.S)
+  subprocess.run(["bash", str(script)], env={**os.environ, "SLURM_ARRAY_TASK_ID": "0"}, check=True, timeout=300)
+  assert sweeps.finished(folder / "dense_s1") and "test accuracy" in (folder / "dense_s1.log").read_text()
+  out = run("sweep.py", *args, "--emit=slurm")  # Again: the one run left.
+  text = script.read_text()
+  assert "a SLURM array job of 1 task(s)" in out.stdout and "#SBATCH --array=0-0\n" in text
+  assert f"  0) exec {commands['sdgf-stepwise_1of8_s0']} >> " in text
+  outside = {k: v for k, v in os.environ.items() if k != "SLURM_ARRAY_TASK_ID"}
+  bad = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=outside)
+  assert bad.returncode == 2 and "error: SLURM_ARRAY_TASK_ID=: expected 0-0" in bad.stderr
+
+
 def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
   _, original = nm_sweep
   folder = tmp_path / "nm"
@@ -165,7 +199,10 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
                        (["--config", config, "--only", "nope"], "no runs named ['nope']"),
                        (["--config", config, "--seeds", "0,5"], "--seeds: 5 is not one of the sweep's seeds [0, 1]"),
                        (["--config", config, "--workers", "0"], "--workers=0"),
-                       (["--config", config, "--set", "wandb.mode"], "--set=wandb.mode: expected FIELD=VALUE")):
+                       (["--config", config, "--set", "wandb.mode"], "--set=wandb.mode: expected FIELD=VALUE"),
+                       (["--config", config, "--emit=pbs"], "--emit=pbs: expected slurm"),
+                       (["--config", config, "--slurm_args=--gres=gpu:1"], "--slurm_args: only with --emit=slurm"),
+                       (["--config", config, "--emit=slurm", "--slurm_args=-t 4:00:00"], "'4:00:00' is not an sbatch")):
     out = run("sweep.py", *args, "--folder", str(tmp_path / "x"), check=False)
     assert_one_line_error(out, needle)
     assert not (tmp_path / "x").exists()

@@ -42,7 +42,8 @@ SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at st
 
 @pytest.mark.parametrize("config,extra", [  # The CNN and Pufferfish cases add no code path: slow.
     (SMOKE, {}), pytest.param("configs/fmnist_cnn_dense.py:smoke", {}, marks=pytest.mark.slow),
-    (MAESTRO_SMOKE, SHRINK), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow)])
+    (MAESTRO_SMOKE, SHRINK), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow),
+    (SMOKE, {"optimizer.accumulate_steps": 2, "optimizer.ema_decay": 0.9})])
 def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
   an uninterrupted run ends: same parameters, optimizer state, metrics (and,
@@ -73,6 +74,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
   error = result.stderr.strip().splitlines()[-1]
   assert error.startswith("error: non-finite") and "at step" in error and "last good checkpoint" in error
   bad_step = int(error.split("at step ")[1].split(";")[0])
+  # Metrics stay on the device between log steps: with no checkpoint before the log step (5), the run still names
+  # the first non-finite step and metric, and saves nothing.
+  later = run("train.py", "--config", SMOKE, "--workdir", str(tmp_path / "later"),
+              overrides={**overrides, "checkpoint_every": 10}, check=False)
+  assert later.returncode != 0 and later.stderr.strip().splitlines()[-1].split(";")[0] == error.split(";")[0]
+  assert "no checkpoint was written" in later.stderr and not (tmp_path / "later" / "checkpoints" / "5").exists()
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and max(saved) < bad_step
   for leaf in saved_state(workdir, max(saved)).values():
