@@ -1,6 +1,6 @@
 """Restore a run's checkpoint and evaluate it on the test split.
 
-  python eval.py --workdir runs/mlp                       # latest checkpoint (or --step N)
+  python eval.py --workdir runs/mlp                       # latest checkpoint (or --step N; --ema: the EMA of the parameters)
   python eval.py --workdir runs/maestro --rank_fractions=1,0.5,0.25,0.1 [--svd_of=runs/dense]
   python eval.py --workdir runs/maestro --macs_budget=0.3 --export=runs/maestro/export
   python eval.py --exported runs/maestro/export
@@ -53,6 +53,7 @@ from sparsity.training import nm_layers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a train.py run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_EMA = flags.DEFINE_bool("ema", False, "Evaluate the EMA of the parameters (a run with optimizer.ema_decay > 0).")
 _FRACTIONS = flags.DEFINE_list("rank_fractions", [], "Low-rank: evaluate at these fractions of every layer's rank.")
 _SVD_OF = flags.DEFINE_string("svd_of", None, "A dense run to truncate by SVD at the same ranks (baseline).")
 _BUDGET = flags.DEFINE_float("macs_budget", None, "Low-rank: greedy rank search to this fraction of the MACs.")
@@ -69,8 +70,9 @@ _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose r
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 
 
-def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, object, int]:
-  """The model of `workdir` at checkpoint `step` (latest if None), with its config."""
+def restore(workdir: pathlib.Path, step: int | None, mesh, ema: bool = False) -> tuple[nnx.Module, object, int]:
+  """The model of `workdir` at checkpoint `step` (latest if None), with its config; `ema`: with the EMA of its
+  parameters."""
   config = workdir_lib.load_config(workdir)
   build.check(config)
   model = build.model(config)
@@ -84,7 +86,13 @@ def restore(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, 
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method_lib.build(config, model).restore(model, optimizer, checkpoints.restore_method(step))
   like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
-  nnx.update(model, checkpoints.restore_state(step, like)[0])
+  model_state, optimizer_state = checkpoints.restore_state(step, like)
+  nnx.update(model, model_state)
+  if ema:
+    nnx.update(optimizer, optimizer_state)
+    if (params := build.ema_of(optimizer)) is None:
+      raise config_lib.ConfigError(f"--ema: {workdir} kept no EMA of its parameters (config.optimizer.ema_decay=0)")
+    model = build.with_parameters(model, params)
   return model, config, step
 
 
@@ -194,7 +202,7 @@ def main(argv) -> None:
       step, workdir = exported["step"], folder
     elif _WORKDIR.value:
       workdir = pathlib.Path(_WORKDIR.value)
-      model, config, step = restore(workdir, _STEP.value, mesh)
+      model, config, step = restore(workdir, _STEP.value, mesh, _EMA.value)
       if _SAMPLE.value is not None:
         print_sample(model, config)
         return

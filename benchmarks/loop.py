@@ -28,8 +28,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
@@ -75,15 +73,7 @@ def bare_step(name: str):
   """`run(steps)`: train.py's jitted step, `steps` times on one placed batch, waited for at the end."""
   config, mesh = config_of(name), sharding.mesh()
   _, train_step, model_def, opt_def, state = timing.train_setup(config, build.model(config), mesh)
-  batch = timing.random_batch(config, mesh, config.batch_size)
-  box = {"state": state, "step": 1}
-
-  def run(steps: int) -> None:
-    for _ in range(steps):
-      box["state"], m = train_step(model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
-      box["step"] += 1
-    jax.block_until_ready(m)
-
+  run = timing.Stepper(train_step, model_def, opt_def, state, timing.random_batch(config, mesh, config.batch_size))
   run(2)  # Compiled.
   return run
 

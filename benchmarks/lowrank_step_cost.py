@@ -22,7 +22,6 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -31,7 +30,7 @@ from benchmarks import timing  # noqa: E402
 from configs import fmnist_mlp_maestro  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
-from experiment.step import make_train_step  # noqa: E402
+from experiment.step import count_compilations, make_train_step  # noqa: E402
 from lowrank import deploy, maestro  # noqa: E402
 
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.5", "0.25", "0.1"], "Shrunk sizes, as fractions of the dense parameters.")
@@ -45,16 +44,9 @@ STEPS = {"no sampling": dict(sampler="none", distill=False), "ordered dropout": 
 def trainer(config, model, batch, mesh, method=None):
   """(run(steps), the jitted step, its arguments at step 0) for `model` trained by `config`."""
   _, step, model_def, opt_def, state = timing.train_setup(config, model, mesh, method=method)
-  box = {"state": state, "step": 0}
-
-  def run(steps: int) -> None:
-    for _ in range(steps):
-      box["state"], m = step(model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
-      box["step"] += 1
-    jax.block_until_ready(m)
-
+  run = timing.Stepper(step, model_def, opt_def, state, batch)
   run(1)  # Compile.
-  return run, step, (model_def, opt_def, box["state"], batch, jnp.int32(0))
+  return run, step, run.args()
 
 
 def compilations(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> dict[str, int]:
@@ -62,7 +54,7 @@ def compilations(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> dic
   model = build.model(config)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   step = make_train_step(method_lib.build(config, model), 0, mesh)
-  counts = {}
+  compiled, counts = count_compilations(), {}
   for event, steps, shrink_to in (("100 steps with rank sampling", 100, None), ("after shrink 1", 10, 0.5),
                                   ("after shrink 2", 10, 0.25)):
     if shrink_to:
@@ -73,7 +65,7 @@ def compilations(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> dic
       state, _ = step(model_def, opt_def, state, batch, jnp.int32(i))
     nnx.update(model, state[0])
     nnx.update(optimizer, state[1])
-    counts[event] = step._cache_size()
+    counts[event] = compiled["train_step"]
   return counts
 
 

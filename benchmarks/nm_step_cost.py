@@ -27,7 +27,7 @@ from benchmarks import timing  # noqa: E402
 from configs import fmnist_mlp_nm, fmnist_vit_nm  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment.config import ConfigError  # noqa: E402
-from experiment.step import make_observe_step  # noqa: E402
+from experiment.step import count_compilations, make_observe_step  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["vit", "mlp"], "vit (configs/fmnist_vit_nm.py) and/or mlp (fmnist_mlp_nm.py).")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Rounds; each variant's median over them is reported.")
@@ -47,26 +47,21 @@ VARIANTS = {  # name -> config argument
 def stepper(config, batch, mesh):
   """Functions running `steps` real train steps, or observe steps, from their own state (each blocks until done);
   the train step's compilation count and XLA cost."""
+  compiled = count_compilations()
   method, train_step, model_def, opt_def, state = timing.train_setup(config, build.model(config), mesh)
   observe_step = make_observe_step(method, config.seed, mesh)
-  box = {"state": state, "step": 1}
-
-  def run(steps: int) -> None:
-    for _ in range(steps):
-      box["state"], m = train_step(model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
-      box["step"] += 1
-    jax.block_until_ready(m)
+  run = timing.Stepper(train_step, model_def, opt_def, state, batch)
 
   def observe(steps: int) -> None:
     for _ in range(steps):
-      box["state"] = (observe_step(model_def, box["state"][0], batch, jnp.int32(box["step"])), box["state"][1])
-    jax.block_until_ready(box["state"])
+      run.state = (observe_step(model_def, run.state[0], batch, jnp.int32(run.step)), run.state[1])
+    jax.block_until_ready(run.state)
 
   run(2)  # Compile, warm up.
   if method.observes:
     observe(1)
-  cost = timing.xla_cost(train_step, model_def, opt_def, box["state"], batch, jnp.int32(box["step"]))
-  return run, observe if method.observes else None, train_step._cache_size, cost
+  cost = timing.xla_cost(train_step, *run.args())
+  return run, observe if method.observes else None, lambda: compiled["train_step"], cost
 
 
 def main(_):

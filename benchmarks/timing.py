@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -41,6 +42,24 @@ def train_setup(config, model, mesh, layout: str = "data", method=None):
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   state = sharding.place((model_state, opt_state), mesh, layout)
   return method, make_train_step(method, config.seed, mesh, layout), model_def, opt_def, state
+
+
+class Stepper:
+  """`stepper(steps)`: `steps` calls of a jitted train step from its own `state` and `step`, waited for once at the
+  end (the device runs them back to back, as train.py's loop dispatches them)."""
+
+  def __init__(self, train_step, model_def, opt_def, state, batch, step: int = 1):
+    self.train_step, self.graphs, self.state, self.batch, self.step = train_step, (model_def, opt_def), state, batch, step
+
+  def __call__(self, steps: int) -> None:
+    for _ in range(steps):
+      self.state, m = self.train_step(*self.graphs, self.state, self.batch, jnp.int32(self.step))
+      self.step += 1
+    jax.block_until_ready(m)
+
+  def args(self) -> tuple:
+    """The step's arguments now (to cost it)."""
+    return (*self.graphs, self.state, self.batch, jnp.int32(self.step))
 
 
 def round_robin(runs: dict[str, Callable[[int], None]], repeats: int, steps: int) -> dict[str, float]:

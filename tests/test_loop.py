@@ -17,7 +17,7 @@ from data import fashion_mnist, pipeline
 from experiment import build, metrics, sharding
 from experiment import method as method_lib
 from experiment.step import count_compilations, make_train_step
-from tests.conftest import run
+from tests.conftest import assert_one_line_error, run, saved_state
 
 
 def _batch(size: int, seed: int = 0) -> dict:
@@ -108,17 +108,24 @@ def test_compilations_are_counted_per_function():
   assert counts["double"] == 2
 
 
-def test_ema_profile_and_accumulation_run_through_train_py(tmp_path, tiny_data):
+def test_bfloat16_accumulation_ema_and_profile_through_train_py(tmp_path, tiny_data):
   workdir = tmp_path / "run"
-  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(workdir),
-      overrides={**tiny_data, "optimizer.ema_decay": 0.5, "optimizer.accumulate_steps": 2, "profile_steps": "3:4"})
+  run("train.py", "--config", "configs/fmnist_vit_dense.py:smoke", "--workdir", str(workdir),
+      overrides={**tiny_data, "compute_dtype": "bfloat16", "optimizer.accumulate_steps": 2,
+                 "optimizer.ema_decay": 0.5, "profile_steps": "3:4"})
   rows = metrics.read(workdir / "metrics.jsonl")
+  assert rows[-1]["train/loss"] < rows[1]["train/loss"] and rows[-1]["compiles/train_step"] == 1
+  assert {leaf.dtype.name for leaf in saved_state(workdir, 20).values()} <= {"float32", "int32", "uint32"}
   evaluated = [r for r in rows if "eval/accuracy" in r]
   assert len(evaluated) == 2 and all("eval_ema/accuracy" in r and "eval_ema/loss" in r for r in evaluated)
   assert evaluated[-1]["eval_ema/loss"] != evaluated[-1]["eval/loss"]
-  assert rows[-1]["compiles/train_step"] == 1
   assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace"
-  assert json.loads((workdir / "config.json").read_text())["optimizer"]["accumulate_steps"] == 2
+  run("eval.py", "--workdir", str(workdir), "--ema")
+  assert json.loads((workdir / "eval.json").read_text())["eval/loss"] == pytest.approx(evaluated[-1]["eval_ema/loss"])
+  dense = tmp_path / "dense"  # A run without an EMA: --ema is refused.
+  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(dense),
+      overrides={**tiny_data, "num_steps": 2, "eval_every": 2})
+  assert_one_line_error(run("eval.py", "--workdir", str(dense), "--ema", check=False), "--ema")
 
 
 def test_epoch_batches_are_slices_of_per_epoch_permutations():

@@ -60,7 +60,6 @@ def test_rank_sweep_svd_baseline_search_and_export(maestro_run, tmp_path, tiny_d
 
 
 def test_export_turns_layers_dense_where_that_is_cheaper(tmp_path, maestro_run):
-  from experiment import build
   from eval import restore
   from lowrank import deploy, maestro
   model, config, _ = restore(maestro_run, None, sharding.mesh())
