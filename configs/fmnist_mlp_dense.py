@@ -2,7 +2,8 @@
 
   python train.py --config configs/fmnist_mlp_dense.py --workdir runs/fmnist_mlp_dense
 
-Measured (2 CPU cores, seed 0): test accuracy 89.69%, 73 s wall (whole command).
+Measured (2 CPU cores, seed 0): test accuracy 89.84%, 50 s wall (whole command); with
+--config.compute_dtype=bfloat16 89.69%, 63 s (bf16 is emulated on a CPU: no speed-up there).
 """
 
 from configs import common

@@ -14,9 +14,9 @@ from data.pipeline import eval_batches, train_iterator
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A dataset as train.py sees it: `load(split, **config.dataset fields)` prepares it on first use and returns a
-  random-access split; `collate(features)` makes a batch `{"inputs", "targets"}` of records stacked by feature; one example's inputs have
-  `input_shape` and `input_dtype`; the model predicts `num_classes` logits per target; `vocab`: for text, the
-  characters the ids stand for (evaluation then reports bits per character)."""
+  random-access split; `collate(features)` makes a batch `{"inputs", "targets"}` of records stacked by feature;
+  one example's inputs have `input_shape` and `input_dtype`; the model predicts `num_classes` logits per target;
+  `vocab`: for text, the characters the ids stand for (evaluation then reports bits per character)."""
   load: Callable
   collate: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
   input_shape: tuple[int, ...]

@@ -22,7 +22,7 @@ import grain
 import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 
-ENDLESS = 2**62
+ENDLESS = 2**62  # The length of an endless stream of batches, as grain needs one.
 
 
 class EpochBatches:

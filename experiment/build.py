@@ -22,14 +22,15 @@ OPTIMIZERS = {"adamw", "sgd"}
 SCHEDULES = {"cosine", "linear", "constant", "warmup_stable_decay"}
 DECAY = {"kernels", "all"}  # Which parameters weight decay shrinks: ndim >= 2 only, or every one.
 WANDB_MODES = {"online", "offline", "disabled"}
+COMPUTE_DTYPES = {"float32", "bfloat16"}  # What layers compute in; parameters and optimizer state stay float32.
 
 
 def check(config: ml_collections.ConfigDict) -> None:
   check_fields(config, known={
       "dataset.name": list(data.DATASETS), "model.name": list(models.MODELS),
       "layers.type": list(models.LAYER_TYPES), "optimizer.name": list(OPTIMIZERS),
-      "compute_dtype": ["float32", "bfloat16"],
-      "optimizer.schedule": list(SCHEDULES), "optimizer.decay": list(DECAY), "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
+      "compute_dtype": list(COMPUTE_DTYPES), "optimizer.schedule": list(SCHEDULES), "optimizer.decay": list(DECAY),
+      "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
 
 
 def dataset(config: ml_collections.ConfigDict) -> data.Dataset:
@@ -46,7 +47,8 @@ def example_input(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Arra
 def datasets(config: ml_collections.ConfigDict) -> tuple[data.Split, data.Split]:
   """(train, test) splits; prepares the TFDS dataset on first use."""
   spec = dataset(config)
-  fields = {k: v or None for k, v in config.dataset.items() if k not in ("name", "eval_limit", "workers")}  # Where its files are.
+  not_files = ("name", "eval_limit", "workers")
+  fields = {k: v or None for k, v in config.dataset.items() if k not in not_files}  # Where its files are.
   takes = set(inspect.signature(spec.load).parameters) - {"split"}
   if set(fields) - takes:
     raise ConfigError(f"config.dataset.{sorted(set(fields) - takes)[0]} is not a field of the {config.dataset.name} "
@@ -79,13 +81,13 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
   warmup = min(o.warmup_steps, steps)
   ramp = optax.linear_schedule(0.0, o.learning_rate, warmup) if warmup else None
   rest = max(steps - warmup, 1)
+  decaying = min(max(round(o.decay_fraction * steps), 1), rest)  # warmup_stable_decay's last steps.
   after = {"cosine": lambda: optax.cosine_decay_schedule(o.learning_rate, rest),
            "linear": lambda: optax.linear_schedule(o.learning_rate, 0.0, rest),
            "constant": lambda: optax.constant_schedule(o.learning_rate),
            "warmup_stable_decay": lambda: optax.join_schedules(
-               [optax.constant_schedule(o.learning_rate),
-                optax.linear_schedule(o.learning_rate, 0.0, max(round(o.decay_fraction * steps), 1))],
-               [rest - max(round(o.decay_fraction * steps), 1)])}[o.schedule]()
+               [optax.constant_schedule(o.learning_rate), optax.linear_schedule(o.learning_rate, 0.0, decaying)],
+               [rest - decaying])}[o.schedule]()
   return optax.join_schedules([ramp, after], [warmup]) if ramp else after
 
 

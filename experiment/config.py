@@ -95,7 +95,6 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
            f"={config.eval_batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
 
 
-
 def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
   """`config.profile_steps` "a:b" as (a, b), steps 1 <= a <= b <= num_steps to trace; "" is None."""
   if not config.profile_steps:

@@ -28,6 +28,7 @@ RUNS = {
     "dense": ("configs/fmnist_mlp_dense.py:smoke", {}),
     "maestro": ("configs/fmnist_mlp_maestro.py:smoke", {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}),
     "sdgf": ("configs/fmnist_mlp_nm.py:smoke,method=sdgf,n=1,m=8", {"nm.sdgf_decay": True}),
+    "accumulated": ("configs/fmnist_mlp_dense.py:smoke", {"optimizer.accumulate_steps": 2}),  # Micro-batches of 16.
 }
 
 
@@ -142,8 +143,8 @@ def one_device(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name,layout", [  # Maestro with FSDP also runs over 2 processes below; these two: slow.
-    ("dense", "data"), ("dense", "fsdp"), pytest.param("maestro", "fsdp", marks=pytest.mark.slow),
-    pytest.param("sdgf", "fsdp", marks=pytest.mark.slow)])
+    ("dense", "data"), ("dense", "fsdp"), ("accumulated", "fsdp"),
+    pytest.param("maestro", "fsdp", marks=pytest.mark.slow), pytest.param("sdgf", "fsdp", marks=pytest.mark.slow)])
 def test_eight_devices_follow_the_one_device_trajectory(name, layout, one_device, tiny_data, tmp_path_factory):
   one = one_device(name)
   eight = tmp_path_factory.mktemp("eight") / name
