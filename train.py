@@ -7,34 +7,44 @@
 from it and reproduces the uninterrupted run bit for bit (same machine), however
 the previous process ended (a kill, a crash, a preemption). One train.py at a
 time per workdir; a workdir whose config.json differs from the requested config
-is refused unless --allow_config_change. SIGTERM saves a checkpoint after the
-current step and exits 0.
+is refused unless --allow_config_change. SIGTERM or Ctrl-C saves a checkpoint
+after the current step and exits 0 (a second Ctrl-C stops at once).
 """
 
 import math
+import os
 import pathlib
 import resource
 import signal
 import sys
-import threading
 import time
 
-import jax
-import jax.numpy as jnp
-import tqdm
-from absl import app, flags, logging
-from jax.experimental import multihost_utils
-from flax import nnx
-from ml_collections import config_flags
 
-import data
-from experiment import build, evaluation, metrics, plots, sharding, sweeps
-from experiment import config as config_lib
-from experiment import method as method_lib
-from experiment import workdir as workdir_lib
-from experiment.checkpoint import Checkpoints
-from experiment.step import count_compilations, flops, make_observe_step, make_train_step
-from lowrank import deploy
+def _interrupted_before_training(*_) -> None:
+  print("\nInterrupted by Ctrl-C before training started; run the same command to start again", file=sys.stderr,
+        flush=True)
+  os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_before_training)  # No traceback, also during the imports below; from the
+# first step on, a Ctrl-C saves and stops (_StopWatch).
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import tqdm  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import data  # noqa: E402
+from experiment import build, evaluation, metrics, plots, sharding, sweeps  # noqa: E402
+from experiment import config as config_lib  # noqa: E402
+from experiment import method as method_lib  # noqa: E402
+from experiment import workdir as workdir_lib  # noqa: E402
+from experiment.checkpoint import Checkpoints  # noqa: E402
+from experiment.step import count_compilations, flops, make_observe_step, make_train_step  # noqa: E402
+from lowrank import deploy  # noqa: E402
 
 IN_FLIGHT = 2  # Train steps dispatched ahead of the one the device has finished.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
@@ -62,7 +72,7 @@ def main(argv) -> None:
   mesh = sharding.mesh()
   put = sharding.batch_placer(mesh)
   place = lambda tree: sharding.place(tree, mesh, config.sharding)
-  stopping = _sigterm_watch()
+  stopping = _StopWatch(workdir)
 
   compilations = count_compilations()
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
@@ -114,6 +124,7 @@ def main(argv) -> None:
         bar.close()
         writer.close()
         batches.close()
+        checkpoints.close()  # A save in progress (of an earlier, finite state) ends whole.
         last = checkpoints.latest_step()
         kept = f"the last good checkpoint (step {last}) is intact in {workdir}" if last else "no checkpoint was written"
         sys.exit(f"error: non-finite {bad} at step {at}; stopped without saving, {kept}; "
@@ -185,12 +196,14 @@ def main(argv) -> None:
       bar.close()
       writer.close()
       batches.close()
-      print(f"Stopped by SIGTERM after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
+      checkpoints.close()
+      print(f"Stopped by {stopping.by} after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
             f"command to resume", file=sys.stderr)
       return
   bar.close()
   writer.close()
   batches.close()  # Its reading threads and worker processes.
+  checkpoints.close()  # The last save's files and manifest written; older checkpoints deleted.
 
   if is_main:
     final = metrics.read(workdir / "metrics.jsonl")[-1]
@@ -209,15 +222,37 @@ def main(argv) -> None:
     print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
 
 
-def _sigterm_watch():
-  """`stopping(step)`: whether to save and stop after `step` because of a SIGTERM. One process: since one
-  arrived. Several: JAX's preemption sync point, where every process stops after the same step whichever of
-  them got the signal (call it at every step)."""
-  if jax.process_count() > 1:
-    return multihost_utils.reached_preemption_sync_point
-  preempted = threading.Event()
-  signal.signal(signal.SIGTERM, lambda *_: preempted.set())
-  return lambda step: preempted.is_set()
+class _StopWatch:
+  """`stop_watch(step)`: whether to save and stop after `step` because a SIGTERM (a preemption) or a Ctrl-C
+  arrived; `by` says which. A second Ctrl-C stops at once: no traceback, and no checkpoint is lost (one being
+  written has no manifest yet and does not count). Several processes: JAX's preemption sync point, where every
+  process stops after the same step whichever of them got the signal (a Ctrl-C reaches it as a SIGTERM); call
+  it at every step."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.workdir, self.by = workdir, None
+    self.sync = multihost_utils.reached_preemption_sync_point if jax.process_count() > 1 else None
+    signal.signal(signal.SIGINT, self._interrupted)
+    if not self.sync:
+      signal.signal(signal.SIGTERM, lambda *_: setattr(self, "by", self.by or "SIGTERM"))
+
+  def _interrupted(self, *_) -> None:
+    if self.by == "Ctrl-C":
+      print(f"\nStopped by a second Ctrl-C; the newest whole checkpoint in {self.workdir}/checkpoints is intact: "
+            f"run the same command to resume from it", file=sys.stderr, flush=True)
+      os._exit(130)
+    print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once)",
+          file=sys.stderr, flush=True)
+    self.by = "Ctrl-C"
+    if self.sync:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def __call__(self, step: int) -> bool:
+    if self.sync:  # Every process answers alike, at the same step.
+      if not self.sync(step):
+        return False
+      self.by = self.by or "SIGTERM"
+    return self.by is not None
 
 
 def _window_means(window: list[dict]) -> dict[str, float]:

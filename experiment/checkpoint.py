@@ -2,17 +2,22 @@
 position, the method's state (JSON) and the per-step metrics logged since the
 last log step (JSON), so a resumed run logs the same window means.
 
-A kill can land anywhere, so a checkpoint counts only once it is known whole:
-after Orbax has finished writing step s, the size of each of its files goes to
-`<workdir>/checkpoint_manifests/<s>.json`, and only then are old checkpoints
-deleted. A resume takes the newest checkpoint whose files all match their
-manifest, and moves newer ones (truncated, partly deleted, or killed before
-their manifest was written) to `<workdir>/damaged_checkpoints/`.
+Saving is asynchronous: `save` returns once the arrays are copied off the
+devices, and Orbax writes the files while training goes on. A kill can land
+anywhere, so a checkpoint counts only once it is known whole: after Orbax has
+finished writing step s, a thread writes the size and BLAKE2b checksum of each
+of its files to `<workdir>/checkpoint_manifests/<s>.json`, and checkpoints
+beyond `keep` are deleted only at the next save (or at `close`), once that
+manifest exists. A resume takes the newest checkpoint whose files all match
+their manifest, and moves newer ones (truncated, changed, partly deleted, or
+killed before their manifest was written) to `<workdir>/damaged_checkpoints/`.
 """
 
+import hashlib
 import json
 import pathlib
 import shutil
+import threading
 from typing import Any
 
 import jax
@@ -33,27 +38,44 @@ class Checkpoints:
         (workdir / "checkpoints").absolute(), item_names=("state", "data", "method", "window"),
         options=ocp.CheckpointManagerOptions(create=keep is not None,
                                              cleanup_tmp_directories=keep is not None,  # Of a save a kill cut short.
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=keep is not None))
+    self._writing: tuple[int, threading.Thread] | None = None  # The save in progress and its manifest writer.
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict, method_state: dict, window: list[dict],
            *, primary: bool = True) -> None:
-    """Writes step `step`, then its manifest, then deletes the checkpoints beyond `keep` (in that order, so a kill
-    at any point leaves the newest whole checkpoint in place). `primary`: the process that writes manifests."""
+    """Finishes the previous save (`close`), then starts writing step `step` and returns once its arrays are off
+    the devices; a thread writes its manifest once Orbax has written it. `primary`: the process that writes
+    manifests."""
+    self.close()
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
                                                     method=ocp.args.JsonSave(method_state),
-                                                    window=ocp.args.JsonSave({"steps": window})))
+                                                    window=ocp.args.JsonSave({"steps": list(window)})))  # Written
+    # later, when the loop has appended to `window`: a copy of it as it is now.
+    self._writing = (step, threading.Thread(target=self._write_manifest, args=(step, primary), daemon=True))
+    self._writing[1].start()
+
+  def _write_manifest(self, step: int, primary: bool) -> None:
+    self.manager.wait_until_finished()
     if primary:
       self.manifests.mkdir(exist_ok=True)
-      write_atomic(self.manifests / f"{step}.json", json.dumps(_file_sizes(self._folder(step)), indent=0, sort_keys=True))
+      write_atomic(self.manifests / f"{step}.json", json.dumps(_file_digests(self._folder(step)), indent=0, sort_keys=True))
+
+  def close(self) -> None:
+    """Waits for the save in progress and its manifest, then deletes the checkpoints beyond `keep` (in that order,
+    so a kill at any point leaves the newest whole checkpoint in place)."""
+    if self._writing is None:
+      return
+    step, writer = self._writing
+    writer.join()
+    self._writing = None
     if jax.process_count() > 1:  # Every process deletes (Orbax waits for all), after the manifest is written.
       multihost_utils.sync_global_devices(f"manifest {step}")
     for old in sorted(self.manager.all_steps())[:-self.keep]:
       self.manager.delete(old)
-      if primary:
-        (self.manifests / f"{old}.json").unlink(missing_ok=True)
+      (self.manifests / f"{old}.json").unlink(missing_ok=True)
 
   def resume_step(self, *, set_aside: bool = True) -> tuple[int | None, list[str]]:
     """The newest whole checkpoint's step (None: none), and a warning for each newer damaged one, which
@@ -75,8 +97,17 @@ class Checkpoints:
       warnings.append(message)
     return None, warnings
 
+  def is_whole(self, step: int) -> bool:
+    """Whether checkpoint `step` has its manifest and matches it, now; False also when the run that keeps `keep`
+    of them deletes it while this looks (a reader beside train.py: eval.py)."""
+    try:
+      return self._damage(step) is None
+    except FileNotFoundError:
+      return False
+
   def _damage(self, step: int) -> str | None:
-    """What is wrong with checkpoint `step`, or None if every file has its manifest's size."""
+    """What is wrong with checkpoint `step`, or None if every file has its manifest's size and checksum (a manifest
+    of an older version of the code has sizes only)."""
     manifest = self.manifests / f"{step}.json"
     if not manifest.is_file():
       return "no manifest: the run was stopped while writing it"
@@ -84,12 +115,16 @@ class Checkpoints:
       expected = json.loads(manifest.read_text())
     except json.JSONDecodeError:
       return f"{manifest} is unreadable"
-    found = _file_sizes(self._folder(step))
-    for name, size in sorted(expected.items()):
+    folder = self._folder(step)
+    found = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+    for name, recorded in sorted(expected.items()):
+      size, digest = recorded if isinstance(recorded, list) else (recorded, None)
       if name not in found:
         return f"{name} is missing"
-      if found[name] != size:
-        return f"{name} has {found[name]} of its {size} bytes"
+      if found[name].stat().st_size != size:
+        return f"{name} has {found[name].stat().st_size} of its {size} bytes"
+      if digest is not None and _digest(found[name]) != digest:
+        return f"{name} has changed since it was written (its checksum differs)"
     return None
 
   def _folder(self, step: int) -> pathlib.Path:
@@ -116,8 +151,14 @@ class Checkpoints:
                         f"checkpoint of another version of the code?): {str(e).strip().splitlines()[0]}") from e
 
 
-def _file_sizes(folder: pathlib.Path) -> dict[str, int]:
-  return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+def _digest(path: pathlib.Path) -> str:
+  with path.open("rb") as f:
+    return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+def _file_digests(folder: pathlib.Path) -> dict[str, list]:
+  """Each file's [size, BLAKE2b checksum], by its path in `folder`."""
+  return {str(p.relative_to(folder)): [p.stat().st_size, _digest(p)] for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _abstract(tree: Any) -> Any:

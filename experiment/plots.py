@@ -1,5 +1,7 @@
-"""Plots of a run's metrics, written to `<workdir>/plots/`."""
+"""Plots of a run's metrics, written to `<workdir>/plots/`. Every title names the dataset and model, every axis
+what it measures and in which unit; ranks and N:M sparsity, which change in jumps, are drawn as steps."""
 
+import json
 import pathlib
 
 import matplotlib
@@ -10,22 +12,61 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiment import metrics  # noqa: E402
 
+STEP = "step (optimizer updates)"
+DATASETS = {"fashion_mnist": "Fashion-MNIST", "austen": "Jane Austen (characters)"}
+MODELS = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT", "lm": "transformer LM"}
+TRAIN_COLOR = "tab:blue"
+# Test metrics: prefix, legend label, color.
+TEST_SETS = (("eval", "test", "tab:orange"), ("eval_ema", "test, EMA of parameters", "tab:green"))
 
-def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-  pairs = [(r["step"], r[key]) for r in rows if key in r]
+
+def series(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+  pairs = [(r["step"], scale * r[key]) for r in rows if key in r]
   return [s for s, _ in pairs], [v for _, v in pairs]
 
 
+def experiment_name(config: dict) -> str:
+  """"Fashion-MNIST · MLP": the dataset and model of a run's config.json."""
+  dataset, model = config["dataset"]["name"], config["model"]["name"]
+  return f"{DATASETS.get(dataset, dataset)} · {MODELS.get(model, model)}"
+
+
+def objective(config: dict) -> str:
+  """What `train/loss` sums: the cross-entropy, and for low-rank runs the distillation term and the group-lasso
+  penalty where they are on."""
+  terms = ["cross-entropy"]
+  if config["layers"]["type"] == "lowrank":
+    terms += ["distillation"] * config["lowrank"]["distill"] + ["penalty"] * (config["lowrank"]["group_lasso"] > 0)
+  return f"training objective\n({' + '.join(terms)})"
+
+
+def label(key: str) -> str:
+  """The axis label of a test metric `eval/<name>`."""
+  return {"eval/accuracy": "test accuracy (%)", "eval/bits_per_char": "test bits per character (lower: better)"}.get(
+      key, f"test {key.removeprefix('eval/')}")
+
+
 def training_curves(workdir: pathlib.Path) -> pathlib.Path:
-  """Loss and accuracy, train and eval, against the step."""
-  rows = metrics.read(workdir / "metrics.jsonl")
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, what in zip(axes, ("loss", "accuracy")):
-    for split in ("train", "eval"):
-      ax.plot(*series(rows, f"{split}/{what}"), label=split, marker="o" if split == "eval" else None)
-    ax.set(xlabel="step", ylabel=what, title=what)
+  """The training objective, the test cross-entropy, and the accuracy on training batches and the test set,
+  against the step; the test metrics of the EMA of the parameters beside the others where the run keeps one."""
+  rows, config = metrics.read(workdir / "metrics.jsonl"), read_config(workdir)
+  tests = [test for test in TEST_SETS if any(f"{test[0]}/loss" in r for r in rows)]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+  axes[0].plot(*series(rows, "train/loss"), color=TRAIN_COLOR)
+  axes[0].set(ylabel=objective(config), title="training objective (training batches)")
+  for prefix, name, color in tests:
+    axes[1].plot(*series(rows, f"{prefix}/loss"), marker="o", color=color, label=name)
+  axes[1].set(ylabel="test cross-entropy (nats)", title="test cross-entropy")
+  axes[2].plot(*series(rows, "train/accuracy", 100), color=TRAIN_COLOR, label="training batches")
+  for prefix, name, color in tests:
+    axes[2].plot(*series(rows, f"{prefix}/accuracy", 100), marker="o", color=color, label=name)
+  axes[2].set(ylabel="accuracy (%)", title="accuracy")
+  for ax in axes:
+    ax.set_xlabel(STEP)
     ax.grid(alpha=0.3)
-    ax.legend()
+  for ax in axes[1:]:
+    ax.legend(fontsize=8)
+  fig.suptitle(f"{experiment_name(config)} · {workdir.name}")
   return save(fig, workdir, "training.png")
 
 
@@ -35,15 +76,18 @@ def ranks(workdir: pathlib.Path) -> pathlib.Path | None:
   keys = sorted({k for r in rows for k in r if k.startswith("rank/")})
   if not keys:
     return None
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
   for key in keys:
-    axes[0].plot(*series(rows, key), label=key.removeprefix("rank/"))
-  axes[0].set(xlabel="step", ylabel="kept rank", title="ranks")
+    axes[0].step(*series(rows, key), where="post", label=key.removeprefix("rank/"))
+  axes[0].set(ylabel="kept rank (components)", title="rank of each low-rank layer")
   axes[0].legend(fontsize=7, ncol=2)
-  axes[1].plot(*series(rows, "params/effective"))
-  axes[1].set(xlabel="step", ylabel="parameters", title="parameters in use")
+  axes[1].step(*series(rows, "params/effective"), where="post")
+  axes[1].set(ylabel="parameters", title="parameters in use")
+  axes[1].yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
   for ax in axes:
+    ax.set_xlabel(STEP)
     ax.grid(alpha=0.3)
+  fig.suptitle(f"{experiment_name(read_config(workdir))} · {workdir.name}")
   return save(fig, workdir, "ranks.png")
 
 
@@ -57,44 +101,56 @@ def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
   fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
   ax = axes[0, 0]
   for key in layers:
-    ax.plot(*series(rows, key), lw=0.8, alpha=0.6)
-  ax.plot(*series(rows, "sparsity/total"), color="black", lw=2, label="total (all parameters)")
-  ax.set(title="sparsity (thin: each layer)", ylim=(-0.02, 1.02))
+    ax.step(*series(rows, key), where="post", lw=0.8, alpha=0.6)
+  ax.step(*series(rows, "sparsity/total"), where="post", color="black", lw=2, label="total (all parameters)")
+  ax.set(title="sparsity (thin: each layer)", ylabel="sparsity (fraction of weights pruned)", ylim=(-0.02, 1.02))
   ax.legend(fontsize=8)
   axes[0, 1].plot(*series(rows, "nm/alpha"))
-  axes[0, 1].set(title="α (mask decay)", ylim=(-0.02, 1.02))
+  axes[0, 1].set(title="α (mask decay)", ylabel="α (scale of the pruned weights)", ylim=(-0.02, 1.02))
   for key in ("nm/n", "nm/m"):
-    axes[0, 2].step(*series(rows, key), where="post", label=key)
+    axes[0, 2].step(*series(rows, key), where="post", label=key.removeprefix("nm/").upper())
   axes[0, 2].set_yscale("log", base=2)
-  axes[0, 2].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-  axes[0, 2].set(title="N:M (first N:M layer)")
+  axes[0, 2].yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))
+  axes[0, 2].set(title="N:M (first N:M layer)", ylabel="N and M in N:M")
   axes[0, 2].legend(fontsize=8)
   axes[1, 0].plot(*series(rows, "nm/flip_rate"))
-  axes[1, 0].set(title="mask flip rate since the previous log step", ylim=(0, None))
+  axes[1, 0].set(title="mask flip rate since the previous log step", ylabel="fraction of mask entries flipped",
+                 ylim=(0, None))
   for key in ("nm/grad_norm_kept", "nm/grad_norm_pruned"):
     axes[1, 1].plot(*series(rows, key), label=key.removeprefix("nm/grad_norm_") + " weights")
-  axes[1, 1].set(title="gradient norm", yscale="log")
+  axes[1, 1].set(title="gradient norm", ylabel="gradient norm (L2)", yscale="log")
   axes[1, 1].legend(fontsize=8)
-  axes[1, 2].plot(*series(rows, "eval/accuracy"), marker="o")
-  axes[1, 2].set(title="test accuracy")
+  for prefix, name, color in TEST_SETS:
+    if any(f"{prefix}/accuracy" in r for r in rows):
+      axes[1, 2].plot(*series(rows, f"{prefix}/accuracy", 100), marker="o", color=color, label=name)
+  axes[1, 2].set(title="test accuracy", ylabel="test accuracy (%)")
+  axes[1, 2].legend(fontsize=8)
   for ax in axes.flat:
-    ax.set_xlabel("step")
+    ax.set_xlabel(STEP)
     ax.grid(alpha=0.3)
+  fig.suptitle(f"{experiment_name(read_config(workdir))} · {workdir.name}")
   return save(fig, workdir, "sparsity.png")
 
 
 def rank_sweep(workdir: pathlib.Path, sweep: list[dict], key: str = "accuracy") -> pathlib.Path:
   """A test metric (`key`: accuracy, bits_per_char) against parameters and MACs of the model cut to each rank
-  fraction."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, x in zip(axes, ("params", "macs")):
-    ax.plot([r[x] for r in sweep], [r[key] for r in sweep], marker="o", label="this run")
-    if f"svd_{key}" in sweep[0]:
-      ax.plot([r[x] for r in sweep], [r[f"svd_{key}"] for r in sweep], marker="s", label="SVD of the dense run")
-    ax.set(xlabel=x, ylabel=f"test {key.replace('_', ' ')}", xscale="log")
+  fraction, and of the SVD of the dense run at the same ranks where the sweep has it."""
+  scale = 100 if key == "accuracy" else 1
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  for ax, (x, name) in zip(axes, (("params", "parameters"), ("macs", "MACs (multiply-accumulates per example)"))):
+    for metric, marker, legend in ((key, "o", "this run, cut to each rank fraction"),
+                                   (f"svd_{key}", "s", "SVD of the dense run, at the same ranks")):
+      if metric in sweep[0]:
+        ax.plot(*zip(*sorted((r[x], scale * r[metric]) for r in sweep)), marker=marker, label=legend)
+    ax.set(xlabel=name, ylabel=label(f"eval/{key}"), xscale="log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+  fig.suptitle(f"{experiment_name(read_config(workdir))} · {workdir.name}: rank sweep")
   return save(fig, workdir, "rank_sweep.png")
+
+
+def read_config(workdir: pathlib.Path) -> dict:
+  return json.loads((workdir / "config.json").read_text())
 
 
 def save(fig, workdir: pathlib.Path, name: str) -> pathlib.Path:

@@ -12,7 +12,7 @@ import statistics
 
 from experiment import metrics, plots, sweeps
 from experiment.config import ConfigError
-from experiment.plots import plt
+from experiment.plots import label, plt
 
 
 @dataclasses.dataclass
@@ -132,12 +132,49 @@ def _groups(results: list[Result], kind: str) -> dict[str, dict[str, list[Result
   return out
 
 
-def _dense_line(ax, results: list[Result], key: str, scale: float) -> None:
+def seeds_note(counts: list[int]) -> str:
+  """What a plot's points are, given the seeds of each: one seed, or mean ± std over them."""
+  if max(counts) == 1:
+    return "one seed"
+  if min(counts) == max(counts):
+    return f"mean ± std over {counts[0]} seeds"
+  return f"mean over {min(counts)}–{max(counts)} seeds, ± std where ≥ 2"
+
+
+def _experiments(results: list[Result]) -> str:
+  """"Fashion-MNIST · MLP": the datasets and models of `results`."""
+  return " / ".join(sorted({plots.experiment_name(r.config) for r in results}))
+
+
+def _title(results: list[Result], what: str, counts: list[int]) -> str:
+  return f"{_experiments(results)}\n{what} ({seeds_note(counts)})"
+
+
+def _mean_std_line(ax, points: list[tuple[float, list[float]]], **style) -> None:
+  """The means of `points` (x, values over seeds) sorted by x, joined by a line unless `style` says otherwise,
+  with ± std error bars at the points of 2 or more seeds, and only there."""
+  points = sorted(points)
+  line, = ax.plot([x for x, _ in points], [statistics.mean(v) for _, v in points], **style)
+  spread = [(x, statistics.mean(v), statistics.stdev(v)) for x, v in points if len(v) > 1]
+  if spread:
+    ax.errorbar(*zip(*spread), ls="none", capsize=3, color=line.get_color())
+
+
+def _dense_line(ax, results: list[Result], key: str, scale: float) -> list[int]:
+  """The dense runs' mean as a horizontal line, ± std as a band where there are 2 or more seeds; their seed count."""
   dense = [r.final[key] * scale for r in results if r.layers == "dense" and key in r.final]
   if dense:
     mean = statistics.mean(dense)
-    seeds = f"{len(dense)} seed{'s' if len(dense) > 1 else ''}"
-    ax.axhline(mean, color="black", ls="--", lw=1, label=f"dense ({mean:.2f}, {seeds})")
+    ax.axhline(mean, color="black", ls="--", lw=1, label=_dense_label(dense, scale))
+    if len(dense) > 1:
+      std = statistics.stdev(dense)
+      ax.axhspan(mean - std, mean + std, color="black", alpha=0.1, lw=0)
+  return [len(dense)] if dense else []
+
+
+def _dense_label(values: list[float], scale: float) -> str:
+  seeds = f"{len(values)} seed{'s' if len(values) > 1 else ''}"
+  return f"dense ({mean_std(values, digits=2 if scale == 100 else 4)}, {seeds})"
 
 
 def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accuracy") -> pathlib.Path | None:
@@ -147,20 +184,19 @@ def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accura
     return None
   scale = 100 if key == "eval/accuracy" else 1
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  levels = {}
+  levels, counts = {}, []
   for group, names in groups.items():
     points = []
     for runs in names.values():
       n, m = runs[0].config["layers"]["n"], runs[0].config["layers"]["m"]
-      values = [r.final[key] * scale for r in runs]
       levels[1 - n / m] = f"{n}:{m}"
-      points.append((1 - n / m, statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0))
-    points.sort()
-    ax.errorbar(*zip(*points), marker="o", capsize=3, label=group)
-  _dense_line(ax, results, key, scale)
+      points.append((1 - n / m, [r.final[key] * scale for r in runs]))
+      counts.append(len(runs))
+    _mean_std_line(ax, points, marker="o", label=group)
+  counts += _dense_line(ax, results, key, scale)
   ax.set_xticks(sorted(levels), [levels[x] for x in sorted(levels)])
-  ax.set(xlabel="N:M (sparsity of the N:M layers →)", ylabel=label(key),
-         title="N:M methods by sparsity level (mean ± std over seeds)")
+  ax.set(xlabel="N:M pattern (sparsity 1 − N/M of the N:M layers →)", ylabel=label(key),
+         title=_title(results, "N:M methods by sparsity level", counts))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return plots.save(fig, folder, "nm_levels.png")
@@ -169,52 +205,54 @@ def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accura
 def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str, list[tuple[float, float]]],
                 key: str = "eval/accuracy") -> pathlib.Path | None:
   """Test accuracy against parameters of the low-rank runs (mean ± std per run name), the dense runs, and
-  `baselines` (name -> [(params, accuracy)]: e.g. post-hoc SVD truncation of the dense run)."""
+  `baselines` (name -> [(params, accuracy)]: e.g. post-hoc SVD truncation of the dense run at each low-rank run's
+  ranks), each baseline one curve sorted by parameters."""
   groups = _groups(results, "lowrank")
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  counts = [len(runs) for names in groups.values() for runs in names.values()]
   for group, names in groups.items():
-    points = sorted((statistics.mean(r.params for r in runs), statistics.mean(r.final[key] * scale for r in runs),
-                     statistics.stdev(r.final[key] * scale for r in runs) if len(runs) > 1 else 0.0)
-                    for runs in names.values())
-    ax.errorbar(*zip(*points), marker="o", capsize=3, label=group)
+    _mean_std_line(ax, [(statistics.mean(r.params for r in runs), [r.final[key] * scale for r in runs])
+                        for runs in names.values()], marker="o", label=group)
   for name, points in baselines.items():
-    ax.plot(*zip(*sorted((p, a * scale) for p, a in points)), marker="s", ls=":", label=name)
+    ax.plot(*zip(*sorted((p, a * scale) for p, a in points)), marker="D", ms=5, ls=":",
+            label=f"{name}, at each low-rank run's ranks")
   dense = [r for r in results if r.layers == "dense"]
   if dense:
-    ax.errorbar([statistics.mean(r.params for r in dense)], [statistics.mean(r.final[key] * scale for r in dense)],
-                marker="*", ms=12, color="black", ls="none", label="dense")
-  ax.set(xscale="log", xlabel="parameters (nonzero)", ylabel=label(key),
-         title=f"low rank: {label(key).removeprefix('test ')} against size")
+    values = [r.final[key] * scale for r in dense]
+    counts.append(len(dense))
+    _mean_std_line(ax, [(statistics.mean(r.params for r in dense), values)], marker="*", ms=14, color="black",
+                   ls="none", label=_dense_label(values, scale))
+  ax.set(xscale="log", xlabel="parameters (nonzero, in use at the end)", ylabel=label(key),
+         title=_title(results, f"low rank: {label(key).removeprefix('test ')} against size", counts))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return plots.save(fig, folder, "params.png")
 
 
 def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Path | None:
-  """Kept ranks (low rank: the sum over layers) and N:M sparsity, against the step, of `results`."""
+  """Kept ranks (low rank: the sum over layers) and N:M sparsity, against the step, of `results`, as steps."""
   lowrank = [r for r in results if r.layers == "lowrank"]
   nm = [r for r in results if r.layers == "nm"]
-  panels = [p for p in (("kept rank (sum over layers)", lowrank), ("sparsity of all parameters", nm)) if p[1]]
+  panels = [p for p in (("kept rank, summed over layers", "rank (components)", lowrank, _rank_sum),
+                        ("sparsity of all parameters", "sparsity (fraction of weights pruned)", nm,
+                         lambda rows: plots.series(rows, "sparsity/total"))) if p[2]]
   if not panels:
     return None
-  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-  for ax, (title, runs) in zip(axes[0], panels):
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+  for ax, (title, ylabel, runs, trajectory) in zip(axes[0], panels):
     for r in runs:
-      if title.startswith("kept"):
-        keys = [k for k in r.final if k.startswith("rank/")]
-        steps = [row["step"] for row in r.rows if keys[0] in row]
-        ax.plot(steps, [sum(row[k] for k in keys) for row in r.rows if keys[0] in row], label=f"{r.name} s{r.seed}")
-      else:
-        ax.plot(*plots.series(r.rows, "sparsity/total"), label=f"{r.name} s{r.seed}")
-    ax.set(xlabel="step", title=title)
+      ax.step(*trajectory(r.rows), where="post", label=f"{r.name} s{r.seed}")
+    ax.set(xlabel=plots.STEP, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+  fig.suptitle(_experiments(results))
   return plots.save(fig, folder, "trajectories.png")
 
 
-def label(key: str) -> str:
-  return {"eval/accuracy": "test accuracy (%)", "eval/bits_per_char": "test bits per character (lower: better)"}.get(
-      key, f"test {key.removeprefix('eval/')}")
+def _rank_sum(rows: list[dict]) -> tuple[list[int], list[float]]:
+  keys = [k for k in rows[-1] if k.startswith("rank/")]
+  logged = [row for row in rows if keys[0] in row]
+  return [row["step"] for row in logged], [sum(row[k] for k in keys) for row in logged]

@@ -116,7 +116,12 @@ def write_slurm(runs: list[Run], folder: pathlib.Path, sbatch_options: list[str]
 
 
 def code_version() -> str:
-  """The git commit, with `+changes` if the working tree differs from it."""
+  """The git commit, with `+changes` if the working tree differs from it; "unknown" outside a git checkout or,
+  with a warning, without git."""
+  if shutil.which("git") is None:
+    print("warning: git is not on PATH, so this run cannot record its code version (recorded as 'unknown'); "
+          "install git (Debian: apt-get install git) to record it", file=sys.stderr)
+    return "unknown (no git)"
   git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
   commit = git("rev-parse", "--short", "HEAD") or "unknown"
   return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")

@@ -27,6 +27,20 @@ case $accelerator in
   *) echo "error: accelerator '$accelerator' (--accelerator or ACCELERATOR): expected cpu, cuda12 or tpu" >&2; exit 2 ;;
 esac
 
+python=$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "error: the project needs Python 3.11 or newer; $python is $("$python" --version 2>&1 || echo missing)." \
+       "Install one (Debian: apt-get install python3.11 python3.11-venv) and run this with it first on PATH" \
+       "(or remove .venv if it was made by an older Python)" >&2
+  exit 1
+fi
+
+# apt-get download: as root, once more after `apt-get update` if it fails (a fresh container has no package lists).
+download() {
+  (cd "$1" && apt-get download "$2" >/dev/null 2>&1) \
+    || { [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 && (cd "$1" && apt-get download "$2" >/dev/null 2>&1); }
+}
+
 stamp=".venv/.installed-$(cat pyproject.toml requirements.lock $lock | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   if [ ! -x .venv/bin/python ]; then
@@ -48,8 +62,7 @@ if [ ! -f /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx ] && [ ! -f "$auste
   echo "Unpacking Jane Austen's novels (Debian package r-cran-janeaustenr, 1.6 MB)..."
   tmp=$(mktemp -d)
   mkdir -p .data/debian
-  if ! { (cd "$tmp" && apt-get download r-cran-janeaustenr >/dev/null 2>&1) \
-         && dpkg -x "$tmp"/r-cran-janeaustenr_*.deb .data/debian; }; then
+  if ! { download "$tmp" r-cran-janeaustenr && dpkg -x "$tmp"/r-cran-janeaustenr_*.deb .data/debian; }; then
     echo "warning: could not unpack the Debian package r-cran-janeaustenr; the language-model configs" \
          "(configs/austen_lm_*.py) need it, or --config.dataset.rdata_dir" >&2
   fi
@@ -70,7 +83,7 @@ if [ "$(id -u)" = 0 ] && { apt-get install -y -q dataset-fashion-mnist >/dev/nul
 fi
 tmp=$(mktemp -d)
 mkdir -p "$local_root"
-if (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1) && dpkg -x "$tmp"/dataset-fashion-mnist_*.deb "$local_root"; then
+if download "$tmp" dataset-fashion-mnist && dpkg -x "$tmp"/dataset-fashion-mnist_*.deb "$local_root"; then
   rm -rf "$tmp"
   exit 0
 fi

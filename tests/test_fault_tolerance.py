@@ -176,6 +176,45 @@ def test_sigterm_saves_and_exits_cleanly_and_the_resumed_run_is_identical(straig
   assert_same_run(straight_runs("dense"), workdir, STEPS)
 
 
+def test_ctrl_c_saves_like_sigterm_a_second_one_stops_at_once(straight_runs, tiny_data, tmp_path):
+  workdir = tmp_path / "interrupted"
+  cmd = command("dense", workdir, tiny_data)
+
+  def interrupt(times: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rows = _train_rows(workdir)
+    while _train_rows(workdir) == rows:
+      assert proc.poll() is None
+      time.sleep(0.001)
+    for _ in range(times):
+      proc.send_signal(signal.SIGINT)
+      time.sleep(0.002)
+    return subprocess.CompletedProcess(cmd, proc.wait(timeout=120), None, proc.communicate()[1])
+
+  once = interrupt(1)
+  assert once.returncode == 0 and "Traceback" not in once.stderr, once.stderr
+  stopped = int(once.stderr.split("Stopped by Ctrl-C after step ")[1].split(",")[0])
+  assert (workdir / "checkpoints" / str(stopped)).is_dir() and _whole_checkpoint(workdir) == stopped
+  twice = interrupt(2)  # From the resumed run: the first Ctrl-C asks for a save, the second stops at once.
+  assert twice.returncode == 130 and "Traceback" not in twice.stderr, twice.stderr
+  assert "Stopped by a second Ctrl-C" in twice.stderr.strip().splitlines()[-1]
+  assert _whole_checkpoint(workdir) >= stopped  # Nothing lost.
+  early = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  time.sleep(0.5)  # Importing.
+  early.send_signal(signal.SIGINT)
+  assert early.wait(timeout=60) == 130 and "Traceback" not in early.communicate()[1]
+  subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+  assert_same_run(straight_runs("dense"), workdir, STEPS)
+
+
+def _flip_a_byte(folder: pathlib.Path) -> None:
+  """One bit of the largest file changed, its size unchanged (a disk or copy error)."""
+  largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 2] ^= 1
+  largest.write_bytes(bytes(data))
+
+
 def _truncate_largest(folder: pathlib.Path) -> None:
   largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   os.truncate(largest, largest.stat().st_size // 2)
@@ -184,6 +223,7 @@ def _truncate_largest(folder: pathlib.Path) -> None:
 DAMAGE = {
     "truncated array file": lambda ckpt, manifests: _truncate_largest(ckpt / "state"),
     "deleted item": lambda ckpt, manifests: shutil.rmtree(ckpt / "window"),
+    "flipped byte": lambda ckpt, manifests: _flip_a_byte(ckpt / "state"),
     "no manifest (killed while saving)": lambda ckpt, manifests: (manifests / f"{STEPS}.json").unlink(),
 }
 

@@ -210,7 +210,8 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
 
 
 def test_text_sweeps_are_plotted_in_bits_per_char(tmp_path):
-  results = [report.Result("ste_1of8", "STE", seed, tmp_path, {"layers": {"type": "nm", "n": 1, "m": 8}},
+  config = {"dataset": {"name": "austen"}, "model": {"name": "lm"}, "layers": {"type": "nm", "n": 1, "m": 8}}
+  results = [report.Result("ste_1of8", "STE", seed, tmp_path, config,
                            [{"step": 10, "eval/accuracy": 0.5, "eval/bits_per_char": 2.0 + seed}]) for seed in (0, 1)]
   key = report.metric(results)
   assert key == "eval/bits_per_char" and report.metric([]) == "eval/accuracy"

@@ -86,3 +86,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     assert np.all(np.isfinite(leaf))
   run("eval.py", "--workdir", str(workdir))  # The last good checkpoint still evaluates.
   assert np.isfinite(json.loads((workdir / "eval.json").read_text())["eval/loss"])
+
+
+def test_without_git_the_run_trains_and_says_its_code_version_is_unknown(tmp_path, tiny_data):
+  workdir = tmp_path / "run"
+  out = run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides={**tiny_data, "num_steps": 2},
+            env={"PATH": str(tmp_path / "no-tools-here")})
+  assert "warning: git is not on PATH" in out.stderr and "Traceback" not in out.stderr
+  assert json.loads((workdir / "launches.jsonl").read_text().splitlines()[-1])["code"] == "unknown (no git)"
