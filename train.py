@@ -42,7 +42,7 @@ from experiment import build, evaluation, metrics, plots, sharding, sweeps  # no
 from experiment import config as config_lib  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from experiment import workdir as workdir_lib  # noqa: E402
-from experiment.checkpoint import Checkpoints  # noqa: E402
+from experiment.checkpoint import CheckpointError, Checkpoints  # noqa: E402
 from experiment.step import count_compilations, flops, make_observe_step, make_train_step  # noqa: E402
 from lowrank import deploy  # noqa: E402
 
@@ -56,13 +56,16 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+  logging.set_verbosity(logging.FATAL)  # Orbax logs every file it writes at INFO, and a failed write's traceback
+  # at ERROR from its threads; train.py reports a failure itself, in one line.
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
   started = time.time()
   try:  # Every user error surfaces here, before compilation and before the workdir is touched.
     sharding.initialize(config)
     build.check(config)
     train_source, test_source = build.datasets(config)
+    train_source.preload()
+    test_source.preload()
     model = build.model(config)
     method = method_lib.build(config, model)
     is_main = jax.process_index() == 0
@@ -277,4 +280,11 @@ def _peak_memory() -> dict[str, float]:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  try:
+    app.run(main, flags_parser=config_lib.parse_flags)
+  except (OSError, CheckpointError) as e:  # The machine's failure (a full disk, a vanished folder): one line.
+    message = str(e) if isinstance(e, CheckpointError) else (
+        f"{e.strerror or e}: {e.filename}; free space on that disk or restore the folder, then run the same command: "
+        f"training resumes from the newest whole checkpoint in {_WORKDIR.value}/checkpoints")
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(1)  # Without the interpreter's teardown, where Orbax's threads would report the failed write again.

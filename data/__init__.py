@@ -54,8 +54,18 @@ class Split:
   def arrays(self) -> dict[str, np.ndarray]:
     """Every record, stacked by feature: {feature: (n, ...)}."""
     starts = range(0, len(self), 4096)
-    chunks = [_stack(self.records.__getitems__(list(range(i, min(i + 4096, len(self)))))) for i in starts]
+    try:
+      chunks = [_stack(self.records.__getitems__(list(range(i, min(i + 4096, len(self)))))) for i in starts]
+    except Exception as e:  # noqa: BLE001 - whatever the reader makes of a damaged record.
+      folder = getattr(getattr(self.records, "dataset_info", None), "data_dir", "its data folder")
+      raise DataError(f"the prepared dataset in {folder} is damaged ({str(e).strip().splitlines()[0]}); delete that "
+                      f"folder and run again: it is prepared again from its source files") from None
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+  def preload(self) -> None:
+    """Reads a split that is kept in memory now (where a damaged file is an error line, not a reading thread's)."""
+    if self.in_memory:
+      self.arrays
 
   def batch(self, indices) -> dict[str, np.ndarray]:
     indices = np.asarray(indices, np.int64)

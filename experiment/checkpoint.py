@@ -17,6 +17,7 @@ import hashlib
 import json
 import pathlib
 import shutil
+import sys
 import threading
 from typing import Any
 
@@ -26,6 +27,22 @@ from jax.experimental import multihost_utils
 
 from experiment.config import ConfigError
 from experiment.workdir import write_atomic
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written (a full disk, a read-only or vanished folder); says where and what to do."""
+
+
+# What a failed write says, where it says something a user can act on (else its first line is shown).
+REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+           "No such file or directory", "File too large")
+
+
+def _quiet_closed_event_loops(unraisable) -> None:
+  """When a write fails, Orbax cancels the rest of it on asyncio event loops that are already closed, and Python
+  reports each as an unraisable RuntimeError; the failure itself is reported once (CheckpointError)."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+    sys.__unraisablehook__(unraisable)
 
 
 class Checkpoints:
@@ -38,8 +55,14 @@ class Checkpoints:
         (workdir / "checkpoints").absolute(), item_names=("state", "data", "method", "window"),
         options=ocp.CheckpointManagerOptions(create=keep is not None,
                                              cleanup_tmp_directories=keep is not None,  # Of a save a kill cut short.
-                                             enable_async_checkpointing=keep is not None))
+                                             enable_async_checkpointing=keep is not None,
+                                             # Reading beside train.py: no step's metadata read here, as a step
+                                             # deleted meanwhile would fail it (eval.py lists steps by manifest).
+                                             lightweight_initialize=keep is None))
     self._writing: tuple[int, threading.Thread] | None = None  # The save in progress and its manifest writer.
+    self._failure: CheckpointError | None = None  # Of the save in progress, found by its manifest writer.
+    if keep is not None:
+      sys.unraisablehook = _quiet_closed_event_loops
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -50,18 +73,33 @@ class Checkpoints:
     the devices; a thread writes its manifest once Orbax has written it. `primary`: the process that writes
     manifests."""
     self.close()
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                                                    method=ocp.args.JsonSave(method_state),
-                                                    window=ocp.args.JsonSave({"steps": list(window)})))  # Written
-    # later, when the loop has appended to `window`: a copy of it as it is now.
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          method=ocp.args.JsonSave(method_state),
+          window=ocp.args.JsonSave({"steps": list(window)})))  # Written later, when the loop has appended to
+      # `window`: a copy of it as it is now.
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise several kinds for a failed write.
+      raise self._failed(step, e) from None
     self._writing = (step, threading.Thread(target=self._write_manifest, args=(step, primary), daemon=True))
     self._writing[1].start()
 
   def _write_manifest(self, step: int, primary: bool) -> None:
-    self.manager.wait_until_finished()
-    if primary:
-      self.manifests.mkdir(exist_ok=True)
-      write_atomic(self.manifests / f"{step}.json", json.dumps(_file_digests(self._folder(step)), indent=0, sort_keys=True))
+    try:
+      self.manager.wait_until_finished()
+      if primary:
+        self.manifests.mkdir(exist_ok=True)
+        write_atomic(self.manifests / f"{step}.json",
+                     json.dumps(_file_digests(self._folder(step)), indent=0, sort_keys=True))
+    except Exception as e:  # noqa: BLE001 - raised by `close`, in the loop's thread.
+      self._failure = self._failed(step, e)
+
+  def _failed(self, step: int, error: Exception) -> CheckpointError:
+    text = str(error)
+    reason = next((r for r in REASONS if r in text), text.strip().splitlines()[0][:300] if text.strip() else repr(error))
+    return CheckpointError(f"writing checkpoint {step} to {self.manager.directory} failed: {reason}; free space on "
+                           f"that disk or make the folder writable, then run the same command: training resumes "
+                           f"from the newest whole checkpoint")
 
   def close(self) -> None:
     """Waits for the save in progress and its manifest, then deletes the checkpoints beyond `keep` (in that order,
@@ -71,6 +109,9 @@ class Checkpoints:
     step, writer = self._writing
     writer.join()
     self._writing = None
+    if self._failure:
+      failure, self._failure = self._failure, None
+      raise failure
     if jax.process_count() > 1:  # Every process deletes (Orbax waits for all), after the manifest is written.
       multihost_utils.sync_global_devices(f"manifest {step}")
     for old in sorted(self.manager.all_steps())[:-self.keep]:

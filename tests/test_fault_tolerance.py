@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -293,6 +294,42 @@ def test_corrupt_data_files_are_named(damage, tmp_path, existing_workdir):
                overrides={"dataset.idx_dir": str(folder), "dataset.data_dir": str(tmp_path / "tfds")}, check=False)
   assert_one_line_error(result, str(path))
   assert snapshot(existing_workdir) == before
+
+
+def test_a_failing_checkpoint_write_is_one_line_and_loses_nothing(straight_runs, tiny_data, tmp_path):
+  """A write that fails (a full disk; simulated by a limit on file sizes, which needs no privileges) stops the run
+  with one line naming the checkpoint folder, the reason and the fix; the newest whole checkpoint stays, and the
+  same command then ends bit-identical to a run that never failed."""
+  workdir = tmp_path / "full"
+  shutil.copytree(straight_runs("dense"), workdir)
+  shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # As if killed after the step-56 checkpoint.
+  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # A checkpoint is ~22 MB.
+  full = subprocess.run(command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, text=True,
+                        preexec_fn=limit)
+  assert_one_line_error(full, f"writing checkpoint {STEPS} to {workdir / 'checkpoints'} failed: File too large")
+  assert "free space" in full.stderr and _whole_checkpoint(workdir) == 56
+  subprocess.run(command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, check=True)
+  assert_same_run(straight_runs("dense"), workdir, STEPS)
+
+
+def test_a_damaged_prepared_dataset_is_prepared_again_or_named(tiny_data, tmp_path):
+  """A truncated shard (its index says how many records it holds) is found before training and the dataset is
+  prepared again from its IDX files; a changed byte inside a record is found when the split is read into memory,
+  before the workdir is made: one line naming the folder and the fix."""
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(tiny_data["dataset.data_dir"], data_dir)
+  shard = next(data_dir.rglob("*-train.array_record-*"))
+  overrides = {**tiny_data, "dataset.data_dir": str(data_dir), "num_steps": 2}
+  os.truncate(shard, shard.stat().st_size // 2)
+  rebuilt = run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(tmp_path / "a"),
+                overrides=overrides)
+  assert "is damaged" in rebuilt.stderr and "preparing it again" in rebuilt.stderr
+  assert len(list((data_dir / "damaged").iterdir())) == 1  # Set aside, not deleted.
+  _flip_a_byte(shard.parent)
+  named = run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(tmp_path / "b"),
+              overrides=overrides, check=False)
+  assert_one_line_error(named, str(shard.parent))
+  assert "delete that folder" in named.stderr and not (tmp_path / "b").exists()
 
 
 def test_skip_nonfinite_keeps_the_state_of_a_nan_batch_and_counts_it():
