@@ -1,6 +1,7 @@
 """Restore a run's checkpoint and evaluate it on the test split.
 
-  python eval.py --workdir runs/mlp                       # latest checkpoint (or --step N; --ema: the EMA of the parameters)
+  python eval.py --workdir runs/mlp                       # newest checkpoint (or --step N; --ema: the EMA of the parameters)
+  python eval.py --workdir runs/mlp --watch [--watch_interval=5]   # beside train.py: each new checkpoint as it lands
   python eval.py --workdir runs/maestro --rank_fractions=1,0.5,0.25,0.1 [--svd_of=runs/dense]
   python eval.py --workdir runs/maestro --macs_budget=0.3 --export=runs/maestro/export
   python eval.py --exported runs/maestro/export
@@ -20,6 +21,15 @@ Language models: `--sample` prints text the model generates after the prompt
 kernel (kept values + uint8 positions in the group) and reports its bytes
 against dense; `--exported` evaluates either kind of export folder.
 Prints a table and writes `<workdir>/eval.json` (and `plots/rank_sweep.png`).
+Beside a running train.py: a checkpoint counts once its manifest is written (one
+still being written is skipped) and is read through hard links to its files, so
+the run deleting it (beyond keep_checkpoints) cannot break the read; one deleted
+before it was linked gives way to the newest whole one (a `--step N`: one error
+line naming the steps left). `--watch` looks every `--watch_interval` seconds and
+evaluates the newest whole checkpoint when it is newer than the last row of
+`<workdir>/eval_metrics.jsonl`, appends a row (`step`, `eval/accuracy`,
+`eval/loss`, ...: train.py's keys) and exits once the run's last step is in it;
+rerun, it continues; Ctrl-C or SIGTERM stops it.
 `report <folder>`: the report of a sweep folder (sweep.py): a Markdown table
 (mean ± std over seeds), plots (accuracy against the N:M level per method,
 accuracy against parameters for low rank with the dense run and its post-hoc
@@ -29,12 +39,18 @@ trajectories), the code version, the machine and every command, in
 """
 
 import collections
+import contextlib
 import copy
 import json
+import os
 import pathlib
 import shlex
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from typing import Iterator
 
 import jax
 from absl import app, flags, logging
@@ -52,7 +68,7 @@ from sparsity import export as nm_export
 from sparsity.training import nm_layers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a train.py run.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest whole one).")
 _EMA = flags.DEFINE_bool("ema", False, "Evaluate the EMA of the parameters (a run with optimizer.ema_decay > 0).")
 _FRACTIONS = flags.DEFINE_list("rank_fractions", [], "Low-rank: evaluate at these fractions of every layer's rank.")
 _SVD_OF = flags.DEFINE_string("svd_of", None, "A dense run to truncate by SVD at the same ranks (baseline).")
@@ -68,32 +84,161 @@ _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "--sample: random seed.")
 _REPORT_TO = flags.DEFINE_string("report_to", None, "report: write report.md and plots/ here (default: the sweep folder).")
 _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
+_WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new whole checkpoint of --workdir as it lands (beside "
+                           "train.py), appending to <workdir>/eval_metrics.jsonl, until the run's last step.")
+_WATCH_INTERVAL = flags.DEFINE_float("watch_interval", 5.0, "--watch: seconds between looks for a new checkpoint.")
+
+RETRIES = 5  # Reads of a checkpoint that the running train.py deleted meanwhile, before giving up.
 
 
 def restore(workdir: pathlib.Path, step: int | None, mesh, ema: bool = False) -> tuple[nnx.Module, object, int]:
-  """The model of `workdir` at checkpoint `step` (latest if None), with its config; `ema`: with the EMA of its
-  parameters."""
-  config = workdir_lib.load_config(workdir)
-  build.check(config)
-  model = build.model(config)
-  checkpoints = Checkpoints(workdir)
-  available = sorted(checkpoints.manager.all_steps())
-  if not available:
-    raise config_lib.ConfigError(f"{workdir} has no checkpoint (in {workdir}/checkpoints)")
-  step = available[-1] if step is None else step
-  if step not in available:
-    raise config_lib.ConfigError(f"--step={step}: no such checkpoint in {workdir}/checkpoints; available steps: {available}")
-  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  method_lib.build(config, model).restore(model, optimizer, checkpoints.restore_method(step))
-  like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
-  model_state, optimizer_state = checkpoints.restore_state(step, like)
-  nnx.update(model, model_state)
+  """The model of `workdir` at whole checkpoint `step` (None: the newest), with its config and step; `ema`: with the
+  EMA of its parameters."""
+  model, optimizer, config, step = restore_train_state(workdir, step, mesh)
   if ema:
-    nnx.update(optimizer, optimizer_state)
     if (params := build.ema_of(optimizer)) is None:
       raise config_lib.ConfigError(f"--ema: {workdir} kept no EMA of its parameters (config.optimizer.ema_decay=0)")
     model = build.with_parameters(model, params)
   return model, config, step
+
+
+def restore_train_state(workdir: pathlib.Path, step: int | None, mesh) -> tuple[nnx.Module, nnx.Optimizer, object, int]:
+  """The model and optimizer of `workdir` at whole checkpoint `step` (None: the newest), its config and step.
+  Beside a running train.py, which deletes old checkpoints as it writes new ones, the checkpoint is read from hard
+  links to it (`pinned`); one deleted before it was linked (or, without links, while it was read) is read again at
+  the newest whole one (`step` None), or is an error naming those left."""
+  config = workdir_lib.load_config(workdir)
+  build.check(config)
+  checkpoints = Checkpoints(workdir)
+  if step is not None and not checkpoints.is_whole(step):
+    raise config_lib.ConfigError(f"--step={step}: no such whole checkpoint in {workdir}/checkpoints; available "
+                                 f"steps: {whole_steps(checkpoints)}")
+  deleted = []
+  for _ in range(RETRIES):
+    chosen = newest_whole_step(checkpoints) if step is None else step
+    if chosen is None:
+      raise config_lib.ConfigError(f"{workdir} has no whole checkpoint (in {workdir}/checkpoints)")
+    with pinned(checkpoints, chosen) as source:
+      try:
+        if source.is_whole(chosen):
+          return *_read(source, config, chosen, mesh), config, chosen
+      except Exception:  # Orbax's error depends on which file went first: FileNotFoundError, KeyError, ValueError...
+        if source.is_whole(chosen):
+          raise  # Not deleted: a real error (e.g. a checkpoint of another version of the code).
+      if step is not None:
+        raise config_lib.ConfigError(f"--step={step}: the running train.py deleted this checkpoint as it was read "
+                                     f"(it keeps {config.keep_checkpoints}); available steps: "
+                                     f"{whole_steps(checkpoints)}") from None
+      deleted.append(chosen)
+      print(f"note: the running train.py deleted checkpoint step {chosen} as it was read; reading the newest whole "
+            f"one", file=sys.stderr)
+  raise config_lib.ConfigError(f"the running train.py deleted checkpoints {deleted} of {workdir} as each was read; "
+                               f"try again, or raise its keep_checkpoints")
+
+
+def newest_whole_step(checkpoints: Checkpoints, after: int = -1) -> int | None:
+  """The newest step after `after` whose checkpoint is whole now (manifest written, every file matching it): never
+  one that train.py is still writing or is deleting. Looks again if the manifests changed while it looked (a new
+  one written, then the one found deleted); looks at no step older than the one it returns."""
+  while True:
+    listed = _manifest_steps(checkpoints, after)
+    step = next((s for s in listed if checkpoints.is_whole(s)), None)
+    if step is not None or listed == _manifest_steps(checkpoints, after):
+      return step
+
+
+def whole_steps(checkpoints: Checkpoints) -> list[int]:
+  return sorted(s for s in _manifest_steps(checkpoints) if checkpoints.is_whole(s))
+
+
+def _manifest_steps(checkpoints: Checkpoints, after: int = -1) -> list[int]:
+  """Steps with a manifest, newest first (not Orbax's listing: it reads every step's metadata, which fails if
+  train.py deletes that step meanwhile)."""
+  return sorted((int(p.stem) for p in checkpoints.manifests.glob("*.json") if p.stem.isdigit() and int(p.stem) > after),
+                reverse=True)
+
+
+@contextlib.contextmanager
+def pinned(checkpoints: Checkpoints, step: int) -> Iterator[Checkpoints]:
+  """Checkpoint `step` and its manifest as hard links in a workdir of their own inside `checkpoints.workdir`,
+  removed after: a train.py deleting the checkpoint meanwhile removes its names, not the files read here (if it
+  deleted one before it was linked, the copy is not whole). Where the workdir takes no links (read-only, a file
+  system without them): the checkpoint itself."""
+  try:
+    folder = pathlib.Path(tempfile.mkdtemp(prefix=".eval-pin-", dir=checkpoints.workdir))
+  except OSError:
+    yield checkpoints
+    return
+  try:
+    copy = Checkpoints(folder)
+    yield copy if _linked(checkpoints, copy, step) else checkpoints
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _linked(checkpoints: Checkpoints, copy: Checkpoints, step: int) -> bool:
+  """Hard-links checkpoint `step` and its manifest into `copy` (those deleted meanwhile left out); False where the
+  file system has no hard links."""
+  original, into = (pathlib.Path(c.manager.directory) / str(step) for c in (checkpoints, copy))
+  try:
+    files = [(checkpoints.manifests / f"{step}.json", copy.manifests / f"{step}.json")]
+    files += [(p, into / p.relative_to(original)) for p in sorted(original.rglob("*")) if p.is_file()]
+    for source, link in files:
+      link.parent.mkdir(parents=True, exist_ok=True)
+      os.link(source, link)
+  except FileNotFoundError:
+    pass
+  except OSError:
+    return False
+  return True
+
+
+def _read(checkpoints: Checkpoints, config, step: int, mesh) -> tuple[nnx.Module, nnx.Optimizer]:
+  dense = step < build.dense_warmup_steps(config)  # Saved during a low-rank run's dense warm-up (train.py).
+  model = build.model(config, dense=dense)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  method = method_lib.Method() if dense else method_lib.build(config, model)
+  method.restore(model, optimizer, checkpoints.restore_method(step))
+  like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
+  model_state, optimizer_state = checkpoints.restore_state(step, like)
+  nnx.update(model, model_state)
+  nnx.update(optimizer, optimizer_state)
+  return model, optimizer
+
+
+def watch(workdir: pathlib.Path, mesh, interval: float) -> None:
+  """`--watch`: whenever the newest whole checkpoint is newer than the last row of `<workdir>/eval_metrics.jsonl`,
+  evaluates it and appends its row (a checkpoint that rotated away before its turn is skipped), until the run's
+  last step is in the file. Takes no lock; writes that file and, while it reads, the links of `pinned` (nothing in
+  checkpoints/)."""
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # Stops like Ctrl-C.
+  path, last = workdir / "eval_metrics.jsonl", 0
+  try:
+    config = workdir_lib.load_config(workdir)
+    rows = metrics.read(path, complete_only=True) if path.exists() else []
+    workdir_lib.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))  # Without a row a kill cut short.
+    last = rows[-1]["step"] if rows else 0
+    test = tester(config, build.datasets(config)[1], sharding.batch_placer(mesh, whole=True))
+    checkpoints = Checkpoints(workdir)
+    print(f"Watching {workdir}/checkpoints (every {interval:g} s) until step {config.num_steps}; rows in {path}",
+          flush=True)
+    while last < config.num_steps:
+      if newest_whole_step(checkpoints, after=last) is None:
+        time.sleep(interval)
+        continue
+      started = time.time()
+      model, optimizer, config, last = restore_train_state(workdir, None, mesh)
+      row = {f"eval/{k}": v for k, v in test(model).items()}
+      if (ema := build.ema_of(optimizer)) is not None:  # As train.py logs it.
+        row |= {f"eval_ema/{k}": v for k, v in test(build.with_parameters(model, ema)).items()}
+      with path.open("a") as f:
+        f.write(json.dumps({"step": last, **row}) + "\n")
+      print(f"step {last}: " + "  ".join(f"{k}={v:.4g}" for k, v in row.items()) + f"  ({time.time() - started:.1f} s)",
+            flush=True)
+  except KeyboardInterrupt:
+    print(f"Stopped; {path} holds steps up to {last}: run the same command to continue", file=sys.stderr)
+    return
+  print(f"Evaluated the run's last step ({config.num_steps}); rows in {path}")
 
 
 def print_sample(model: nnx.Module, config) -> None:
@@ -192,6 +337,17 @@ def main(argv) -> None:
     return
   if argv[1:]:
     sys.exit(f"error: unknown arguments {argv[1:]}; the only command is `report <sweep folder>`")
+  if _WATCH.value:
+    others = [f"--{h.name}" for h in (_STEP, _EMA, _FRACTIONS, _SVD_OF, _BUDGET, _EXPORT, _EXPORTED, _SAMPLE)
+              if h.present]
+    try:
+      if others or not _WORKDIR.value or not _WATCH_INTERVAL.value > 0:
+        raise config_lib.ConfigError(f"--watch takes --workdir=<run folder> and --watch_interval > 0 only"
+                                     + (f", not {', '.join(others)}" if others else ""))
+      watch(pathlib.Path(_WORKDIR.value), mesh, _WATCH_INTERVAL.value)
+    except (config_lib.ConfigError, data.DataError) as e:
+      sys.exit(f"error: {e}")
+    return
   put = sharding.batch_placer(mesh, whole=True)
   try:
     if _EXPORTED.value:
