@@ -184,7 +184,7 @@ def test_ctrl_c_saves_like_sigterm_a_second_one_stops_at_once(straight_runs, tin
   def interrupt(times: int) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rows = _train_rows(workdir)
-    while _train_rows(workdir) == rows:
+    while _train_rows(workdir) <= rows:  # Training has logged a row of its own.
       assert proc.poll() is None
       time.sleep(0.001)
     for _ in range(times):
@@ -201,7 +201,7 @@ def test_ctrl_c_saves_like_sigterm_a_second_one_stops_at_once(straight_runs, tin
   assert "Stopped by a second Ctrl-C" in twice.stderr.strip().splitlines()[-1]
   assert _whole_checkpoint(workdir) >= stopped  # Nothing lost.
   early = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  time.sleep(0.5)  # Importing.
+  time.sleep(2.0)  # Importing JAX (its handler is set before the imports start).
   early.send_signal(signal.SIGINT)
   assert early.wait(timeout=60) == 130 and "Traceback" not in early.communicate()[1]
   subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
