@@ -244,9 +244,9 @@ class _StopWatch:
       print(f"\nStopped by a second Ctrl-C; the newest whole checkpoint in {self.workdir}/checkpoints is intact: "
             f"run the same command to resume from it", file=sys.stderr, flush=True)
       os._exit(130)
+    self.by = "Ctrl-C"  # Before printing: a second Ctrl-C can interrupt this handler.
     print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop at once)",
           file=sys.stderr, flush=True)
-    self.by = "Ctrl-C"
     if self.sync:
       os.kill(os.getpid(), signal.SIGTERM)
 
