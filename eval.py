@@ -14,7 +14,7 @@ every layer's rank (exported: sliced, dense where cheaper) and plots accuracy
 (a language model's: bits per character) against parameters and MACs; `--svd_of` adds post-hoc SVD truncation of a dense
 run at exactly the same per-layer ranks (so the same parameter count);
 `--macs_budget` runs the greedy per-layer rank search to that fraction of the
-model's MACs, scored on a held-out batch; `--export` writes the model (at the
+model's MACs, scored on validation examples; `--export` writes the model (at the
 searched ranks, or as trained) as a standalone folder.
 Language models: `--sample` prints text the model generates after the prompt
 (and evaluates nothing). N:M runs: evaluation always uses the hard masks; `--export` packs every N:M
@@ -73,7 +73,8 @@ _EMA = flags.DEFINE_bool("ema", False, "Evaluate the EMA of the parameters (a ru
 _FRACTIONS = flags.DEFINE_list("rank_fractions", [], "Low-rank: evaluate at these fractions of every layer's rank.")
 _SVD_OF = flags.DEFINE_string("svd_of", None, "A dense run to truncate by SVD at the same ranks (baseline).")
 _BUDGET = flags.DEFINE_float("macs_budget", None, "Low-rank: greedy rank search to this fraction of the MACs.")
-_SEARCH_EXAMPLES = flags.DEFINE_integer("search_examples", 1000, "Held-out batch size for --macs_budget.")
+_SEARCH_EXAMPLES = flags.DEFINE_integer("search_examples", 1000,
+                                        "--macs_budget: validation examples the search scores on.")
 _EXPORT = flags.DEFINE_string("export", None, "Write the model as a standalone folder here (low-rank: at the searched "
                                "ranks; N:M: packed).")
 _EXPORTED = flags.DEFINE_string("exported", None, "Evaluate a folder written by --export instead of a run.")
@@ -218,7 +219,7 @@ def watch(workdir: pathlib.Path, mesh, interval: float) -> None:
     rows = metrics.read(path, complete_only=True) if path.exists() else []
     workdir_lib.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))  # Without a row a kill cut short.
     last = rows[-1]["step"] if rows else 0
-    test = tester(config, build.datasets(config)[1], sharding.batch_placer(mesh, whole=True))
+    test = tester(config, build.datasets(config).test, sharding.batch_placer(mesh, whole=True))
     checkpoints = Checkpoints(workdir)
     print(f"Watching {workdir}/checkpoints (every {interval:g} s) until step {config.num_steps}; rows in {path}",
           flush=True)
@@ -241,6 +242,43 @@ def watch(workdir: pathlib.Path, mesh, interval: float) -> None:
   print(f"Evaluated the run's last step ({config.num_steps}); rows in {path}")
 
 
+def check_flags() -> None:
+  """The flags' values on their own (what they need of the run is checked once it is read)."""
+  if _BUDGET.present and not 0 < _BUDGET.value <= 1:
+    raise config_lib.ConfigError(f"--macs_budget={_BUDGET.value}: a fraction of the model's MACs, in (0, 1]")
+  if _BUDGET.present and _SEARCH_EXAMPLES.value < 1:
+    raise config_lib.ConfigError(f"--search_examples={_SEARCH_EXAMPLES.value}: must be >= 1")
+  if _EXPORTED.value and not (pathlib.Path(_EXPORTED.value) / "export.json").is_file():
+    raise config_lib.ConfigError(f"--exported={_EXPORTED.value}: no export.json there; pass a folder written by "
+                                 f"eval.py --export")
+  if _EXPORT.value and pathlib.Path(_EXPORT.value).exists() and not pathlib.Path(_EXPORT.value).is_dir():
+    raise config_lib.ConfigError(f"--export={_EXPORT.value} is a file; pass a folder to write the model into")
+  rank_fractions()
+
+
+def rank_fractions() -> list[float]:
+  """--rank_fractions as numbers, each in (0, 1]."""
+  try:
+    fractions = [float(f) for f in _FRACTIONS.value]
+  except ValueError:
+    fractions = [float("nan")]
+  if any(not 0 < f <= 1 for f in fractions):
+    raise config_lib.ConfigError(f"--rank_fractions={','.join(_FRACTIONS.value)}: each must be a number in (0, 1]")
+  return fractions
+
+
+def svd_baseline(mesh) -> nnx.Module:
+  """The dense model of --svd_of's run."""
+  try:
+    model, config, _ = restore(pathlib.Path(_SVD_OF.value), None, mesh)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"--svd_of={_SVD_OF.value}: {e}") from None
+  if config.layers.type != "dense":
+    raise config_lib.ConfigError(f"--svd_of={_SVD_OF.value} is a {config.layers.type} run; pass a dense run "
+                                 f"(config.layers.type=dense) of the same model")
+  return model
+
+
 def print_sample(model: nnx.Module, config) -> None:
   """`--sample`: the prompt and what the model writes after it."""
   spec = build.dataset(config)
@@ -260,6 +298,23 @@ def tester(config, source, put):
   return lambda m: evaluation.evaluate(m, data.eval_batches(source, config.eval_batch_size,
                                                             config.dataset.eval_limit or None), put,
                                        build.dataset(config).text)
+
+
+def recalibrated(test, config, train: data.Split, put):
+  """`test`, after recomputing the BatchNorm statistics of the model it is given (a rank cut, an SVD truncation) on
+  the first config.recalibrate_batches training batches; says so once where the model has BatchNorm."""
+  batches = min(config.recalibrate_batches, len(train) // config.batch_size)
+  said = []
+
+  def run(model: nnx.Module) -> dict:
+    if evaluation.recalibrate(model, data.eval_batches(train, config.batch_size, batches * config.batch_size), put):
+      if not said:
+        print(f"BatchNorm statistics of each cut recomputed on {batches} training batches of {config.batch_size} "
+              f"(config.recalibrate_batches)")
+      said.append(True)
+    return test(model)
+
+  return run
 
 
 def svd_truncation(dense: nnx.Module, config, ranks: dict[str, int], test) -> tuple[nnx.Module, dict]:
@@ -290,7 +345,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
     lowrank = report.by_name([r for r in results if r.layers == "lowrank"]) if dense_model else {}
     for runs in lowrank.values():
       config = workdir_lib.load_config(runs[0].workdir)
-      test = tester(config, build.datasets(config)[1], put)
+      test = tester(config, build.datasets(config).test, put)
       ranks = {k.removeprefix("rank/"): int(v) for k, v in runs[0].final.items() if k.startswith("rank/")}
       model, result = svd_truncation(dense_model, config, ranks, test)
       baselines.setdefault(f"SVD of dense ({dense.name} s{dense.seed})", []).append(
@@ -342,7 +397,7 @@ def main(argv) -> None:
               if h.present]
     try:
       if others or not _WORKDIR.value or not _WATCH_INTERVAL.value > 0:
-        raise config_lib.ConfigError(f"--watch takes --workdir=<run folder> and --watch_interval > 0 only"
+        raise config_lib.ConfigError("--watch takes --workdir=<run folder> and --watch_interval > 0 only"
                                      + (f", not {', '.join(others)}" if others else ""))
       watch(pathlib.Path(_WORKDIR.value), mesh, _WATCH_INTERVAL.value)
     except (config_lib.ConfigError, data.DataError) as e:
@@ -350,6 +405,7 @@ def main(argv) -> None:
     return
   put = sharding.batch_placer(mesh, whole=True)
   try:
+    check_flags()
     if _EXPORTED.value:
       folder = pathlib.Path(_EXPORTED.value)
       exported = json.loads((folder / "export.json").read_text())
@@ -364,7 +420,7 @@ def main(argv) -> None:
         return
     else:
       raise config_lib.ConfigError("pass --workdir=<run folder> or --exported=<export folder>")
-    train_source, test_source = build.datasets(config)
+    splits = build.datasets(config)
     lowrank_model, nm_model = bool(maestro.lod_layers(model)), bool(nm_layers(model))
     if (_FRACTIONS.value or _BUDGET.value) and not lowrank_model:
       raise config_lib.ConfigError("--rank_fractions/--macs_budget need a low-rank run (config.layers.type=lowrank)")
@@ -372,14 +428,12 @@ def main(argv) -> None:
       raise config_lib.ConfigError("--export needs a low-rank or N:M run (config.layers.type=lowrank or nm)")
     if _EXPORT.value and nm_model and config.nm.method == "unstructured":
       raise config_lib.ConfigError("--export packs N:M patterns; config.nm.method='unstructured' has none")
-    fractions = [float(f) for f in _FRACTIONS.value]
-    if any(not 0 < f <= 1 for f in fractions):
-      raise config_lib.ConfigError(f"--rank_fractions={_FRACTIONS.value}: each must be in (0, 1]")
-    baseline = restore(pathlib.Path(_SVD_OF.value), None, mesh)[0] if _SVD_OF.value else None
+    fractions = rank_fractions()
+    baseline = svd_baseline(mesh) if _SVD_OF.value else None
   except (config_lib.ConfigError, data.DataError) as e:
     sys.exit(f"error: {e}")
 
-  test = tester(config, test_source, put)
+  test = tester(config, splits.test, put)
   result = test(model)
   key = "bits_per_char" if "bits_per_char" in result else "accuracy"  # The task's metric: the first column shown.
   column = {"accuracy": "test accuracy", "bits_per_char": "test bits/char"}[key]
@@ -390,10 +444,11 @@ def main(argv) -> None:
     report["ranks"] = maestro.ranks(model)
 
   if fractions:
-    sweep = deploy.rank_sweep(model, config, fractions, test)
+    test_cut = recalibrated(test, config, splits.train, put)
+    sweep = deploy.rank_sweep(model, config, fractions, test_cut)
     if baseline is not None:
       for row in sweep:
-        row |= {f"svd_{k}": v for k, v in svd_truncation(baseline, config, row["ranks"], test)[1].items()}
+        row |= {f"svd_{k}": v for k, v in svd_truncation(baseline, config, row["ranks"], test_cut)[1].items()}
     report["rank_sweep"] = sweep
     plots.rank_sweep(workdir, sweep, key)
     rows = [{"rank fraction": r["rank_fraction"], "params": r["params"], "MACs": int(r["macs"]),
@@ -401,8 +456,7 @@ def main(argv) -> None:
 
   chosen = maestro.ranks(model)
   if _BUDGET.value:
-    n = min(_SEARCH_EXAMPLES.value, len(train_source))
-    held_out = next(data.eval_batches(train_source, n, None, start=len(train_source) - n))
+    held_out = next(data.eval_batches(splits.validation, min(_SEARCH_EXAMPLES.value, len(splits.validation))))
     score = lambda m: evaluation.evaluate(m, [held_out], put)["accuracy"]
     chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score, config)
     searched, _ = deploy.export(model, config, chosen)
@@ -441,4 +495,7 @@ def _same_keys(rows: list[dict]) -> list[list[dict]]:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  try:
+    app.run(main, flags_parser=config_lib.parse_flags)
+  except OSError as e:  # The machine's failure (a full disk, a removed folder): one line.
+    sys.exit("error: " + workdir_lib.machine_failure(f"accessing {e.filename or 'a file'}", e, "run the same command"))

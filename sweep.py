@@ -22,7 +22,8 @@ import sys
 from absl import app, flags
 
 from experiment import sweeps
-from experiment.config import ConfigError
+from experiment.config import ConfigError, parse_flags
+from experiment.workdir import machine_failure
 
 # The runs get the environment as it is; this process only names the device (sweep.json), so on a GPU it takes
 # none of the memory the runs need.
@@ -48,6 +49,8 @@ def main(argv) -> None:
   del argv
   folder = pathlib.Path(_FOLDER.value)
   try:
+    if folder.exists() and not folder.is_dir():
+      raise ConfigError(f"--folder={folder} is a file; pass a folder for the sweep's runs")
     if _WORKERS.value < 1:
       raise ConfigError(f"--workers={_WORKERS.value} must be >= 1")
     bad = [s for s in _SET.value if "=" not in s]
@@ -100,4 +103,8 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "folder"])
-  app.run(main)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except OSError as e:  # The machine's failure (a full disk, a removed folder): one line.
+    sys.exit("error: " + machine_failure(f"accessing {e.filename or _FOLDER.value}", e,
+                                         "run the same command: finished runs are skipped, the others resume"))

@@ -63,9 +63,9 @@ def main(argv) -> None:
   try:  # Every user error surfaces here, before compilation and before the workdir is touched.
     sharding.initialize(config)
     build.check(config)
-    train_source, test_source = build.datasets(config)
-    train_source.preload()
-    test_source.preload()
+    splits = build.datasets(config)
+    for split in splits:
+      split.preload()
     model = build.model(config)
     method = method_lib.build(config, model)
     is_main = jax.process_index() == 0
@@ -79,8 +79,9 @@ def main(argv) -> None:
 
   compilations = count_compilations()
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-  batches = data.train_iterator(train_source, config.batch_size, config.seed, process_index=jax.process_index(),
-                                process_count=jax.process_count(), workers=config.dataset.workers, place=put)
+  batches = data.train_iterator(splits.train, config.batch_size, config.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count(), workers=config.dataset.workers, place=put,
+                                augment=build.dataset(config).augments)
   start, damaged = checkpoints.resume_step(set_aside=is_main)
   for warning in damaged:
     print(f"warning: {warning}", file=sys.stderr)
@@ -110,9 +111,20 @@ def main(argv) -> None:
   clock = time.time() - (earlier[-1] if earlier else 0.0)  # Wall time counts on from the resumed run's.
   if start == 0:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)
-  eval_batches = lambda: data.eval_batches(test_source, config.eval_batch_size, config.dataset.eval_limit or None)
   put_whole = sharding.batch_placer(mesh, whole=True)
   text = build.dataset(config).text  # Character targets: evaluation adds bits per character.
+
+  def calibration_batches():
+    """The first config.recalibrate_batches training batches, in order and not augmented (BatchNorm models)."""
+    whole = min(config.recalibrate_batches, len(splits.train) // config.batch_size)  # No padded batch.
+    return data.eval_batches(splits.train, config.batch_size, whole * config.batch_size)
+
+  def evaluated(model: nnx.Module) -> dict[str, float]:
+    """`model`'s metrics on the validation (val/...) and test (eval/...) splits."""
+    return {f"{prefix}/{k}": v for prefix, split in (("val", splits.validation), ("eval", splits.test))
+            for k, v in evaluation.evaluate(model, data.eval_batches(split, config.eval_batch_size,
+                                                                     config.dataset.eval_limit or None),
+                                            put_whole, text).items()}
 
   def sync_model():
     nnx.update(model, state[0])
@@ -169,11 +181,10 @@ def main(argv) -> None:
                  "flops/train_step": step_flops, "compiles/train_step": compilations["train_step"],
                  "time/train_s": time.time() - clock, **_peak_memory(), **method.metrics(step, model)}
       if eval_step:
-        logged |= {f"eval/{k}": v for k, v in evaluation.evaluate(model, eval_batches(), put_whole, text).items()}
+        logged |= evaluated(model)
         ema = build.ema_of(optimizer)
-        if ema is not None:
-          logged |= {f"eval_ema/{k}": v for k, v in
-                     evaluation.evaluate(build.with_parameters(model, ema), eval_batches(), put_whole, text).items()}
+        if ema is not None:  # val_ema/..., eval_ema/...
+          logged |= {k.replace("/", "_ema/", 1): v for k, v in evaluated(build.with_parameters(model, ema)).items()}
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []
@@ -187,6 +198,7 @@ def main(argv) -> None:
         train_step = make_step(method)
         observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
       if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
+        evaluation.recalibrate(model, calibration_batches(), put_whole)  # BatchNorm statistics of the new model.
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
         state = place((model_state, opt_state))  # Re-laid out for the new shapes.
         step_flops = None
@@ -219,6 +231,7 @@ def main(argv) -> None:
         **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
         "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
         "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
+        "val accuracy": final.get("val/accuracy", float("nan")),
         "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
         **({"test bits/char": final["eval/bits_per_char"]} if "eval/bits_per_char" in final else {}),
     }]))
@@ -283,8 +296,8 @@ if __name__ == "__main__":
   try:
     app.run(main, flags_parser=config_lib.parse_flags)
   except (OSError, CheckpointError) as e:  # The machine's failure (a full disk, a vanished folder): one line.
-    message = str(e) if isinstance(e, CheckpointError) else (
-        f"{e.strerror or e}: {e.filename}; free space on that disk or restore the folder, then run the same command: "
-        f"training resumes from the newest whole checkpoint in {_WORKDIR.value}/checkpoints")
+    message = str(e) if isinstance(e, CheckpointError) else workdir_lib.machine_failure(
+        f"accessing {e.filename or _WORKDIR.value}", e,
+        f"run the same command: training resumes from the newest whole checkpoint in {_WORKDIR.value}/checkpoints")
     print(f"error: {message}", file=sys.stderr, flush=True)
     os._exit(1)  # Without the interpreter's teardown, where Orbax's threads would report the failed write again.

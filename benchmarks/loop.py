@@ -91,7 +91,7 @@ def loop_step(name: str, workdir: pathlib.Path) -> float:
 def iterator_rate(batch_size: int, batches: int = 500) -> float:
   """Seconds per batch of the train iterator alone (Fashion-MNIST, read and collated on the host)."""
   config = fmnist_mlp_dense.get_config()
-  train, _ = build.datasets(config)
+  train = build.datasets(config).train
   it = data.train_iterator(train, batch_size, seed=0)
   next(it)  # The split is read into memory.
   start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from experiment.config import parse_arg
+from experiment.config import parse_arg, parse_like
 
 TRAIN_EXAMPLES = 60_000  # Fashion-MNIST train split.
 
@@ -19,7 +19,12 @@ def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: 
   c = ml_collections.ConfigDict()
   c.seed = 0
   # "" / 0: defaults, all. workers: processes that read and decode batches (0: threads; for large datasets).
-  c.dataset = dataset or dict(name="fashion_mnist", data_dir="", idx_dir="", eval_limit=0, workers=0)
+  # name: fashion_mnist, austen, or any TFDS catalog name (cifar10, imagenet2012, ...) prepared in data_dir.
+  # *_split: TFDS slicing syntax ("": the dataset's own, e.g. train[:55000] / train[55000:] / test); tuning and
+  # checkpoint choice read validation (val/ metrics), reports show test (eval/). preprocess (catalog datasets):
+  # scale | cifar | imagenet ("": by name).
+  c.dataset = dict(dataset or dict(name="fashion_mnist", data_dir="", idx_dir="", eval_limit=0, workers=0),
+                   train_split="", validation_split="", test_split="", preprocess="")
   c.model = model
   c.layers = dict(type="dense", keep_dense=())
   c.batch_size = batch_size
@@ -28,8 +33,9 @@ def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: 
       name="adamw",              # adamw | sgd (momentum 0.9)
       learning_rate=learning_rate,
       warmup_steps=c.num_steps // 20,
-      schedule="cosine",         # cosine | linear | constant | warmup_stable_decay (after the warm-up)
+      schedule="cosine",         # cosine | linear | constant | warmup_stable_decay | step (after the warm-up)
       decay_fraction=0.2,        # warmup_stable_decay: the last fraction of the steps, decaying linearly to 0.
+      step_at=(0.5, 0.75),       # step: the learning rate x0.1 at these fractions of the steps after the warm-up.
       weight_decay=1e-4,         # Decoupled, scaled by the learning rate.
       decay="kernels",           # kernels: only parameters with ndim >= 2 (no biases, norm scales) | all
       grad_clip=1.0,             # Global norm; 0: off.
@@ -47,6 +53,10 @@ def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: 
   # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "": one process.
   c.distributed = dict(coordinator="", num_processes=1, process_id=0)
   c.profile_steps = ""  # "a:b": a jax.profiler trace of steps a..b in <workdir>/profile/ (TensorBoard, Perfetto).
+  # BatchNorm models: after a host update changes the model (a Maestro shrink, the switch after a dense warm-up,
+  # an N:M frame) and for each rank cut eval.py evaluates, BatchNorm's statistics are recomputed on this many
+  # training batches (in order, not augmented); 0: never.
+  c.recalibrate_batches = 20
   c.skip_nonfinite = False  # True: an update with a non-finite loss or gradient is skipped (and counted), not fatal.
   c.wandb = dict(mode="offline", project="lowrank-nm", name="")
   return c
@@ -63,9 +73,15 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval_batch_size = 80 if c.dataset.name == "fashion_mnist" else 8  # <= the tests' test splits (100 images; 8
   # windows of text), and divisible by 8 devices.
   c.dataset.eval_limit = 400
+  c.dataset.workers = 0  # Reading threads: no worker processes to start.
   c.wandb.mode = "disabled"
   if c.model.name == "lm":  # A small transformer: seconds per run.
     c.model.update(dim=64, depth=2, mlp_dim=256)
+  if c.model.name in ("resnet", "vgg"):  # The same layers, 8 channels where there were 64.
+    c.model.width = 8
+  if c.model.name == "vit" and c.model.dim > 128:  # ViT-S/B: a small transformer over the same patches.
+    c.model.update(dim=64, depth=2, num_heads=2, mlp_dim=128)
+  c.recalibrate_batches = min(c.recalibrate_batches, 2)
   if "lowrank" in c:
     c.lowrank.shrink_every = 10 if c.lowrank.shrink_every else 0
     c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps else 0
@@ -175,10 +191,31 @@ def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> ml_collect
   return smoke(c) if "smoke" in args else c
 
 
-def parse_like(current, value: str, key: str):
-  """`value` as the type of the field it replaces ("False" is False, not a true string)."""
-  if isinstance(current, bool):
-    if value.lower() not in ("true", "false"):
-      raise ValueError(f"config argument {key}={value!r}: must be true or false")
-    return value.lower() == "true"
-  return type(current)(value) if current is not None else value
+def cifar_sgd(model: dict, *, epochs: int, batch_size: int = 128) -> ml_collections.ConfigDict:
+  """A CIFAR-10 run with Maestro's CIFAR recipe (Maestro-LoD's cifar script): SGD with momentum 0.9, learning rate
+  0.1, x0.1 at 50% and 75% of the run, weight decay 1e-4, batch 128, pad-crop-flip augmentation (the cifar10
+  dataset's default), validation held out of train (45,000 / 5,000)."""
+  train_examples = 45_000
+  c = base(model, num_steps=epochs * train_examples // batch_size, batch_size=batch_size, learning_rate=0.1,
+           dataset=dict(name="cifar10", data_dir="", eval_limit=0, workers=0))
+  c.optimizer.update(name="sgd", schedule="step", step_at=(0.5, 0.75), weight_decay=1e-4, warmup_steps=0,
+                     grad_clip=0.0)
+  c.eval_every = c.checkpoint_every = 5 * train_examples // batch_size  # Every 5 epochs.
+  c.eval_batch_size = 500
+  return c
+
+
+def maestro_variants(c: ml_collections.ConfigDict, arg: str | None, *, pufferfish_ratio: float,
+                     epoch_steps: int) -> ml_collections.ConfigDict:
+  """A Maestro paper config's `:arg`: method=maestro (default) | dense (the same model, every layer dense) |
+  pufferfish (the Pufferfish-style baseline: `epoch_steps` dense, then the SVD at a fixed `pufferfish_ratio` of
+  each layer's rank, no sampling, penalty or shrinking); `:smoke`; `:field=value`."""
+  args = parse_arg(arg)
+  method = args.pop("method", "maestro")
+  if method == "dense":
+    c.layers = dict(type="dense", keep_dense=())
+  elif method == "pufferfish":
+    c.update_from_flattened_dict({**pufferfish(pufferfish_ratio), "lowrank.dense_warmup_steps": epoch_steps})
+  elif method != "maestro":
+    raise ValueError(f"config argument method={method!r}: must be maestro, dense or pufferfish")
+  return apply_args(c, args)

@@ -25,12 +25,12 @@ MDGF-exp 86.54 / 85.96, SDGF-stepwise 85.02 / 81.40, SDGF-geometric 85.60 / 85.0
 """
 
 from configs import common
-from experiment.config import parse_arg
+from experiment.config import parse_arg, parse_like
 
 
 def get_config(arg: str | None = None):
   args = parse_arg(arg)
-  ffn_only = common.parse_like(False, args.pop("ffn_only", "false"), "ffn_only")
+  ffn_only = parse_like(False, args.pop("ffn_only", "false"), "ffn_only")
   c = common.base(dict(name="vit", patch=7, dim=128, depth=2, num_heads=4, mlp_dim=256), num_epochs=4,
                   learning_rate=2e-3)
   c.optimizer.weight_decay = 0.05

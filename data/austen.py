@@ -99,8 +99,9 @@ class Austen(tfds.core.GeneratorBasedBuilder):
       yield i, {"text": ids[i * WINDOW:(i + 1) * WINDOW + 1]}
 
 
-def collate(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Each window's first WINDOW characters as inputs, and the next character of each as its target."""
+def collate(features: dict[str, np.ndarray], noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Each window's first WINDOW characters as inputs, and the next character of each as its target.
+  No augmentation (`noise` unused)."""
   text = features["text"].astype(np.int32)  # (b, WINDOW + 1)
   return {"inputs": text[:, :-1], "targets": text[:, 1:]}
 

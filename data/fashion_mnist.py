@@ -65,8 +65,9 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image[..., None], "label": int(label)}
 
 
-def collate(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """A batch of records (`image` (b, 28, 28, 1) uint8, `label` (b,)): images as float32 in [0, 1], labels int32."""
+def collate(features: dict[str, np.ndarray], noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """A batch of records (`image` (b, 28, 28, 1) uint8, `label` (b,)): images as float32 in [0, 1], labels int32.
+  No augmentation (`noise` unused)."""
   return {"inputs": features["image"].astype(np.float32) / 255.0, "targets": features["label"].astype(np.int32)}
 
 

@@ -22,6 +22,8 @@ import grain
 import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 
+from data import preprocess
+
 ENDLESS = 2**62  # The length of an endless stream of batches, as grain needs one.
 
 
@@ -50,28 +52,34 @@ class EpochBatches:
 
 
 class _Read:
-  """A picklable map (to grain's worker processes): this process's share of a global batch of indices, read."""
+  """A picklable map (to grain's worker processes): this process's share of a global batch of indices, read, and
+  augmented (`rng`: grain's generator for this batch, from the seed and the batch's number) from NOISE uniforms per
+  example drawn for the whole global batch, whatever share this process reads."""
 
   def __init__(self, source, process_index: int, process_count: int):
     self.source, self.index, self.count = source, process_index, process_count
 
-  def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    share = len(indices) // self.count
-    return self.source.batch(indices[self.index * share:(self.index + 1) * share])
+  def __call__(self, indices: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    share = slice(self.index * (len(indices) // self.count), (self.index + 1) * (len(indices) // self.count))
+    noise = None if rng is None else rng.random((len(indices), preprocess.NOISE))[share]
+    return self.source.batch(indices[share], noise)
 
 
 def train_iterator(source, batch_size: int, seed: int, *, process_index: int = 0, process_count: int = 1,
-                   workers: int = 0, place: Callable[[dict], dict] | None = None,
-                   prefetch: int = 2) -> grain.DatasetIterator:
+                   workers: int = 0, place: Callable[[dict], dict] | None = None, prefetch: int = 2,
+                   augment: bool = False) -> grain.DatasetIterator:
   """An endless iterator of this process's share of each global batch of `batch_size`.
 
   `workers` > 0: read in that many worker processes (decoding a large split); 0: on reading threads.
   `place`: puts a batch on the devices, on a thread that keeps `prefetch` placed batches ready.
+  `augment`: batches are augmented (`source.batch(indices, noise)`), deterministically from `seed`.
   """
   batches = grain.MapDataset.source(EpochBatches(len(source), batch_size, seed))
+  read = _Read(source, process_index, process_count)
+  batches = batches.random_map(read, seed=seed) if augment else batches.map(read)
   # A gather from memory needs no reading threads: the prefetch thread does it (less contention on a CPU backend).
   reading = grain.ReadOptions(num_threads=0 if source.in_memory else 2, prefetch_buffer_size=4)
-  batches = batches.map(_Read(source, process_index, process_count)).to_iter_dataset(reading)
+  batches = batches.to_iter_dataset(reading)
   if workers:
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   if place:

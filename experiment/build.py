@@ -19,7 +19,7 @@ from experiment import sharding
 from experiment.config import ConfigError, check as check_fields
 
 OPTIMIZERS = {"adamw", "sgd"}
-SCHEDULES = {"cosine", "linear", "constant", "warmup_stable_decay"}
+SCHEDULES = {"cosine", "linear", "constant", "warmup_stable_decay", "step"}
 DECAY = {"kernels", "all"}  # Which parameters weight decay shrinks: ndim >= 2 only, or every one.
 WANDB_MODES = {"online", "offline", "disabled"}
 COMPUTE_DTYPES = {"float32", "bfloat16"}  # What layers compute in; parameters and optimizer state stay float32.
@@ -27,15 +27,16 @@ COMPUTE_DTYPES = {"float32", "bfloat16"}  # What layers compute in; parameters a
 
 def check(config: ml_collections.ConfigDict) -> None:
   check_fields(config, known={
-      "dataset.name": list(data.DATASETS), "model.name": list(models.MODELS),
+      "model.name": list(models.MODELS),
       "layers.type": list(models.LAYER_TYPES), "optimizer.name": list(OPTIMIZERS),
       "compute_dtype": list(COMPUTE_DTYPES), "optimizer.schedule": list(SCHEDULES), "optimizer.decay": list(DECAY),
       "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
 
 
 def dataset(config: ml_collections.ConfigDict) -> data.Dataset:
-  """What the configured dataset is: input shape and dtype, classes, how to load and batch it."""
-  return data.DATASETS[config.dataset.name]
+  """What the configured dataset is: input shape and dtype, classes, default splits, how to load and batch it."""
+  d = config.dataset
+  return data.dataset(d.name, d.get("data_dir") or None, d.get("preprocess", ""))
 
 
 def example_input(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Array:
@@ -44,21 +45,48 @@ def example_input(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Arra
   return jnp.zeros((batch, *spec.input_shape), spec.input_dtype)
 
 
-def datasets(config: ml_collections.ConfigDict) -> tuple[data.Split, data.Split]:
-  """(train, test) splits; prepares the TFDS dataset on first use."""
+SPLIT_FIELDS = ("train_split", "validation_split", "test_split")  # In TFDS slicing syntax; "": the dataset's default.
+NOT_FILES = ("name", "eval_limit", "workers", "preprocess", *SPLIT_FIELDS)  # config.dataset fields not about files.
+
+
+class Splits(NamedTuple):
+  train: data.Split
+  validation: data.Split
+  test: data.Split
+
+
+def split_names(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """config.dataset's split fields, the dataset's defaults where empty (or absent: a run of an older version)."""
+  return {f: config.dataset.get(f) or default for f, default in zip(SPLIT_FIELDS, dataset(config).splits)}
+
+
+def datasets(config: ml_collections.ConfigDict) -> Splits:
+  """The train, validation and test splits; prepares this project's TFDS datasets on first use."""
   spec = dataset(config)
-  not_files = ("name", "eval_limit", "workers")
-  fields = {k: v or None for k, v in config.dataset.items() if k not in not_files}  # Where its files are.
-  takes = set(inspect.signature(spec.load).parameters) - {"split"}
-  if set(fields) - takes:
-    raise ConfigError(f"config.dataset.{sorted(set(fields) - takes)[0]} is not a field of the {config.dataset.name} "
-                      f"dataset, which takes {sorted(takes)} (and name, eval_limit, workers)")
-  train, test = (data.Split(spec.load(split, **fields), spec.collate) for split in ("train", "test"))
-  for field, split, name in (("batch_size", train, "train"), ("eval_batch_size", test, "test")):
+  takes = set(inspect.signature(spec.load).parameters) - {"split", "name"}
+  fields = {k: v or None for k, v in config.dataset.items() if k not in NOT_FILES}  # Where its files are.
+  if unknown := sorted(k for k, v in fields.items() if v and k not in takes):  # Another dataset's, left empty: fine.
+    raise ConfigError(f"config.dataset.{unknown[0]} is not a field of the {config.dataset.name} dataset, which takes "
+                      f"{sorted(takes)} (and {', '.join(NOT_FILES)})")
+  fields = {k: v for k, v in fields.items() if k in takes}
+  splits = []
+  for field, split in split_names(config).items():
+    try:
+      source = data.Split(spec.load(split, **fields), spec.collate, spec.fixed_shapes)
+    except data.DataError:
+      raise
+    except ValueError as e:  # TFDS's, for a split it does not have or a slice it cannot read.
+      raise ConfigError(f"config.dataset.{field}={split!r}: {str(e).strip().splitlines()[0]}") from None
+    if not len(source):
+      raise ConfigError(f"config.dataset.{field}={split!r} has no examples in {config.dataset.name}; choose another "
+                        f"slice (TFDS slicing syntax, e.g. train[:90%])")
+    splits.append(source)
+  splits = Splits(*splits)
+  for field, split, name in (("batch_size", splits.train, "train"), ("eval_batch_size", splits.test, "test")):
     if config[field] > len(split):
       raise ConfigError(f"config.{field}={config[field]} exceeds the {len(split)} examples of the {name} split; "
                         f"use at most {len(split)}")
-  return train, test
+  return splits
 
 
 def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
@@ -76,7 +104,8 @@ def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up over `warmup_steps`, then `schedule`: cosine or linear decay to 0 at the last step, constant,
-  or warmup_stable_decay (constant, then linear decay to 0 over the last `decay_fraction` of the steps)."""
+  warmup_stable_decay (constant, then linear decay to 0 over the last `decay_fraction` of the steps), or step
+  (x0.1 at each fraction `step_at` of the steps after the warm-up)."""
   o, steps = config.optimizer, config.num_steps
   warmup = min(o.warmup_steps, steps)
   ramp = optax.linear_schedule(0.0, o.learning_rate, warmup) if warmup else None
@@ -87,7 +116,9 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
            "constant": lambda: optax.constant_schedule(o.learning_rate),
            "warmup_stable_decay": lambda: optax.join_schedules(
                [optax.constant_schedule(o.learning_rate), optax.linear_schedule(o.learning_rate, 0.0, decaying)],
-               [rest - decaying])}[o.schedule]()
+               [rest - decaying]),
+           "step": lambda: optax.piecewise_constant_schedule(
+               o.learning_rate, {max(1, round(f * rest)): 0.1 for f in o.step_at})}[o.schedule]()
   return optax.join_schedules([ramp, after], [warmup]) if ramp else after
 
 

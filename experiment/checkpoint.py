@@ -26,16 +26,11 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from experiment.config import ConfigError
-from experiment.workdir import write_atomic
+from experiment.workdir import machine_failure, write_atomic
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written (a full disk, a read-only or vanished folder); says where and what to do."""
-
-
-# What a failed write says, where it says something a user can act on (else its first line is shown).
-REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
-           "No such file or directory", "File too large")
 
 
 def _quiet_closed_event_loops(unraisable) -> None:
@@ -95,11 +90,8 @@ class Checkpoints:
       self._failure = self._failed(step, e)
 
   def _failed(self, step: int, error: Exception) -> CheckpointError:
-    text = str(error)
-    reason = next((r for r in REASONS if r in text), text.strip().splitlines()[0][:300] if text.strip() else repr(error))
-    return CheckpointError(f"writing checkpoint {step} to {self.manager.directory} failed: {reason}; free space on "
-                           f"that disk or make the folder writable, then run the same command: training resumes "
-                           f"from the newest whole checkpoint")
+    return CheckpointError(machine_failure(f"writing checkpoint {step} to {self.manager.directory}", error,
+                                           "run the same command: training resumes from the newest whole checkpoint"))
 
   def close(self) -> None:
     """Waits for the save in progress and its manifest, then deletes the checkpoints beyond `keep` (in that order,

@@ -23,7 +23,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   for i, arg in enumerate(argv):  # A missing config file is otherwise only reported when first read.
     path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
     if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-      sys.exit(f"error: --config {path}: no such file; pass one of {sorted(str(p) for p in pathlib.Path('configs').glob('*.py'))}")
+      sys.exit(f"error: --config {path}: no such file; pass one of {sorted(str(p) for p in pathlib.Path('configs').glob('*.py') if 'def get_config' in p.read_text())}")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -44,9 +44,18 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   return dict((kv.split("=", 1) + [""])[:2] for kv in arg.split(","))
 
 
+def parse_like(current, value: str, key: str):
+  """`value` as the type of the field it replaces ("False" is False, not a true string)."""
+  if isinstance(current, bool):
+    if value.lower() not in ("true", "false"):
+      raise ValueError(f"config argument {key}={value!r}: must be true or false")
+    return value.lower() == "true"
+  return type(current)(value) if current is not None else value
+
+
 # Fields a config.json of an older version of the code lacks (checked like the `known` fields for presence).
 NEWER_FIELDS = ("optimizer.decay_fraction", "optimizer.accumulate_steps", "optimizer.ema_decay", "dataset.workers",
-                "profile_steps")
+                "profile_steps", "recalibrate_batches", "optimizer.step_at")
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -80,10 +89,15 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
     _require(0 <= value < math.inf, f"optimizer.{field}", f"={value!r} must be >= 0 and finite (0: off)")
   o = config.optimizer
   _require(0 < o.decay_fraction <= 1, "optimizer.decay_fraction", f"={o.decay_fraction!r} must be in (0, 1]")
+  fractions = list(o.step_at)
+  _require(all(isinstance(f, (int, float)) and 0 < f < 1 for f in fractions) and fractions == sorted(set(fractions)),
+           "optimizer.step_at", f"={o.step_at!r} must be increasing fractions in (0, 1), e.g. (0.5, 0.75)")
   _require(0 <= o.ema_decay < 1, "optimizer.ema_decay",
            f"={o.ema_decay!r} must be in [0, 1) (0: off; e.g. 0.999); set --config.optimizer.ema_decay=0.999")
   _require(isinstance(o.accumulate_steps, int) and o.accumulate_steps >= 1, "optimizer.accumulate_steps",
            f"={o.accumulate_steps!r} must be an integer >= 1 (1: no accumulation)")
+  _require(isinstance(config.recalibrate_batches, int) and config.recalibrate_batches >= 0, "recalibrate_batches",
+           f"={config.recalibrate_batches!r} must be an integer >= 0 (0: never)")
   _require(isinstance(config.dataset.workers, int) and config.dataset.workers >= 0, "dataset.workers",
            f"={config.dataset.workers!r} must be an integer >= 0 (0: read on threads)")
   profile_steps(config)

@@ -13,11 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiment import metrics  # noqa: E402
 
 STEP = "step (optimizer updates)"
-DATASETS = {"fashion_mnist": "Fashion-MNIST", "austen": "Jane Austen (characters)"}
+DATASETS = {"fashion_mnist": "Fashion-MNIST", "austen": "Jane Austen (characters)", "cifar10": "CIFAR-10",
+            "cifar100": "CIFAR-100", "imagenet2012": "ImageNet"}
 MODELS = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT", "lm": "transformer LM"}
 TRAIN_COLOR = "tab:blue"
-# Test metrics: prefix, legend label, color.
-TEST_SETS = (("eval", "test", "tab:orange"), ("eval_ema", "test, EMA of parameters", "tab:green"))
+# Held-out metrics: prefix, legend label, color, line style.
+HELD_OUT = (("val", "validation", "tab:purple", "--"), ("eval", "test", "tab:orange", "-"),
+            ("val_ema", "validation, EMA of parameters", "tab:olive", "--"),
+            ("eval_ema", "test, EMA of parameters", "tab:green", "-"))
 
 
 def series(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
@@ -47,19 +50,20 @@ def label(key: str) -> str:
 
 
 def training_curves(workdir: pathlib.Path) -> pathlib.Path:
-  """The training objective, the test cross-entropy, and the accuracy on training batches and the test set,
-  against the step; the test metrics of the EMA of the parameters beside the others where the run keeps one."""
+  """The training objective, the held-out cross-entropy, and the accuracy on training batches and the validation
+  and test splits, against the step; the metrics of the EMA of the parameters beside the others where the run keeps
+  one."""
   rows, config = metrics.read(workdir / "metrics.jsonl"), read_config(workdir)
-  tests = [test for test in TEST_SETS if any(f"{test[0]}/loss" in r for r in rows)]
+  tests = [test for test in HELD_OUT if any(f"{test[0]}/loss" in r for r in rows)]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
   axes[0].plot(*series(rows, "train/loss"), color=TRAIN_COLOR)
   axes[0].set(ylabel=objective(config), title="training objective (training batches)")
-  for prefix, name, color in tests:
-    axes[1].plot(*series(rows, f"{prefix}/loss"), marker="o", color=color, label=name)
-  axes[1].set(ylabel="test cross-entropy (nats)", title="test cross-entropy")
+  for prefix, name, color, style in tests:
+    axes[1].plot(*series(rows, f"{prefix}/loss"), marker="o", color=color, ls=style, label=name)
+  axes[1].set(ylabel="cross-entropy (nats)", title="held-out cross-entropy")
   axes[2].plot(*series(rows, "train/accuracy", 100), color=TRAIN_COLOR, label="training batches")
-  for prefix, name, color in tests:
-    axes[2].plot(*series(rows, f"{prefix}/accuracy", 100), marker="o", color=color, label=name)
+  for prefix, name, color, style in tests:
+    axes[2].plot(*series(rows, f"{prefix}/accuracy", 100), marker="o", color=color, ls=style, label=name)
   axes[2].set(ylabel="accuracy (%)", title="accuracy")
   for ax in axes:
     ax.set_xlabel(STEP)
@@ -120,10 +124,10 @@ def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
     axes[1, 1].plot(*series(rows, key), label=key.removeprefix("nm/grad_norm_") + " weights")
   axes[1, 1].set(title="gradient norm", ylabel="gradient norm (L2)", yscale="log")
   axes[1, 1].legend(fontsize=8)
-  for prefix, name, color in TEST_SETS:
+  for prefix, name, color, style in HELD_OUT:
     if any(f"{prefix}/accuracy" in r for r in rows):
-      axes[1, 2].plot(*series(rows, f"{prefix}/accuracy", 100), marker="o", color=color, label=name)
-  axes[1, 2].set(title="test accuracy", ylabel="test accuracy (%)")
+      axes[1, 2].plot(*series(rows, f"{prefix}/accuracy", 100), marker="o", color=color, ls=style, label=name)
+  axes[1, 2].set(title="held-out accuracy", ylabel="accuracy (%)")
   axes[1, 2].legend(fontsize=8)
   for ax in axes.flat:
     ax.set_xlabel(STEP)

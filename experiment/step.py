@@ -123,8 +123,10 @@ def make_observe_step(method: method_lib.Method, seed: int, mesh: Mesh, layout: 
 
   def observe_step(model_def: nnx.GraphDef, model_state: nnx.State, batch: dict, step: jax.Array):
     model = nnx.merge(model_def, model_state)
+    batch_statistics = jax.tree.map(lambda x: x, nnx.state(model, nnx.BatchStat))  # The train step updates them.
     _, grads = _gradients(method, seed, model, batch, step)
     method.observe(model, step, grads)
+    nnx.update(model, batch_statistics)
     return sharding.constrain(nnx.state(model), mesh, layout)
 
   return jax.jit(observe_step, static_argnums=0, donate_argnums=1)

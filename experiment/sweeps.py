@@ -26,7 +26,7 @@ import sys
 import threading
 
 from experiment import metrics
-from experiment.config import ConfigError
+from experiment.config import ConfigError, parse_like
 from experiment.workdir import write_atomic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -60,17 +60,46 @@ def expand(config_file: str, folder: pathlib.Path, settings: dict | None = None)
   if not path.is_file():
     raise ConfigError(f"--config={config_file}: no such file")
   spec = importlib.util.spec_from_file_location(path.stem, path)
+  if spec is None:
+    raise ConfigError(f"--config={config_file}: not a Python file (configs/*.py)")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - any error of the user's file: its last line.
+    raise ConfigError(f"--config={config_file} fails to load: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"--config={config_file} declares no sweep (a get_sweep() function); configs that do: "
                       f"{', '.join(sorted(p.name for p in (ROOT / 'configs').glob('*.py') if 'def get_sweep' in p.read_text()))}")
-  sweep = module.get_sweep()
-  names = [r["name"] for r in sweep["runs"]]
+  try:
+    sweep, config = module.get_sweep(), module.get_config()
+    names = [r["name"] for r in sweep["runs"]]
+  except Exception as e:  # noqa: BLE001 - as above.
+    raise ConfigError(f"--config={config_file}: get_sweep() or get_config() fails: {type(e).__name__}: {e}; a sweep "
+                      f"is dict(seeds=(...), runs=[dict(name=..., overrides={{...}}), ...])") from None
   if len(set(names)) != len(names):
     raise ConfigError(f"{config_file}: get_sweep() repeats run names: {sorted({n for n in names if names.count(n) > 1})}")
+  for field, value in (settings or {}).items():
+    _check_field(config, field, value, f"--set {field}={value}")
+  for r in sweep["runs"]:
+    for field, value in r["overrides"].items():
+      _check_field(config, field, value, f"{config_file}: run {r['name']}'s {field}={value}")
   return [Run(r["name"], r.get("group", r["name"]), int(seed), {**r["overrides"], **(settings or {})},
               folder / f"{r['name']}_s{seed}", config_file) for r in sweep["runs"] for seed in sweep["seeds"]]
+
+
+def _check_field(config, field: str, value, where: str) -> None:
+  """`field` (dotted) is a field of `config`, and `value` (a string, from the command line) reads as its type."""
+  node = config
+  for key in field.split("."):
+    if not hasattr(node, "keys") or key not in node:
+      raise ConfigError(f"{where}: no such config field; check the spelling against the config file")
+    node = node[key]
+  if isinstance(value, str) and isinstance(node, (bool, int, float)):
+    try:
+      parse_like(node, value, field)
+    except ValueError:
+      expected = "true or false" if isinstance(node, bool) else type(node).__name__
+      raise ConfigError(f"{where}: expected {expected}") from None
 
 
 def finished(workdir: pathlib.Path) -> bool:

@@ -15,6 +15,20 @@ import ml_collections
 from experiment.config import ConfigError
 
 LOCK_FILE = "train.lock"
+# What a failed write or read of the machine says, and what the user can do about it.
+FIXES = {"No space left on device": "free space on that disk", "Disk quota exceeded": "free space within your quota",
+         "File too large": "raise the file-size limit (ulimit -f)",
+         "Read-only file system": "make the folder writable or pass another folder",
+         "Permission denied": "make the folder writable or pass another folder",
+         "No such file or directory": "restore the folder (it was removed or never existed) or pass another one"}
+
+
+def machine_failure(what: str, error: BaseException, then: str) -> str:
+  """One line for a failure of the machine (a full disk, a removed folder): `what` failed, the reason, its fix,
+  and `then` (what running again does)."""
+  text = str(error)
+  reason = next((r for r in FIXES if r in text), text.strip().splitlines()[0][:300] if text.strip() else repr(error))
+  return f"{what} failed: {reason}; {FIXES.get(reason, 'fix the cause')}, then {then}"
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:

@@ -18,6 +18,6 @@ def conv(in_features, out_features, kernel_size, *, rngs, name="", rank_ratio=1.
          dtype=jnp.float32, **kwargs):
   """The factory's `lowrank` conv: r_max = ranks[name] or ceil(rank_ratio · min(out, in·k·k))."""
   rank = default_rank(name, kernel_size * kernel_size * in_features, out_features, rank_ratio, ranks)
-  kwargs = {k: v for k, v in kwargs.items() if k in ("strides", "padding", "dilation", "groups")}
+  kwargs = {k: v for k, v in kwargs.items() if k in ("strides", "padding", "dilation", "groups", "use_bias")}
   return LowRankConv(in_features, out_features, kernel_size, rank=rank, rngs=rngs, init=init, name=name, dtype=dtype,
                      **kwargs)

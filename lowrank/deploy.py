@@ -68,11 +68,10 @@ def export(model: nnx.Module, config: ml_collections.ConfigDict,
       k = chosen[old.name]
       module.down[...], module.up[...] = old.down[...][..., :k], old.up[...][:k]
       module.active_rank[...] = jnp.int32(k)
-      if old.bias is not None:
-        module.bias[...] = old.bias[...]
+      _copy_bias(old, module)
     elif _is_lod(old):  # Back to dense: (kh, kw, in, r) @ (r, out) -> (kh, kw, in, out), or (in, out).
       module.kernel[...] = (old.down[...] @ old.up[...]).reshape(module.kernel.shape)
-      module.bias[...] = old.bias[...]
+      _copy_bias(old, module)
   _copy_other_params(model, new)
   return new, config
 
@@ -91,17 +90,24 @@ def from_dense(dense: nnx.Module, config: ml_collections.ConfigDict) -> nnx.Modu
       p, s, qt = jnp.linalg.svd(kernel, full_matrices=False)
       module.down[...] = (p[:, :r] * jnp.sqrt(s[:r])).reshape(module.down.shape)
       module.up[...] = jnp.sqrt(s[:r])[:, None] * qt[:r]
-      module.bias[...] = d.bias[...]
+      _copy_bias(d, module)
   _copy_other_params(dense, lowrank_model)
   return lowrank_model
 
 
+def _copy_bias(source: nnx.Module, target: nnx.Module) -> None:
+  """The bias of `source` into `target` (both built with or without one)."""
+  if target.bias is not None:
+    target.bias[...] = source.bias[...]
+
+
 def _copy_other_params(source: nnx.Module, target: nnx.Module) -> None:
-  """Copies every parameter outside the LoD layers of either model (norms,
-  embeddings, layers kept dense) from `source` into `target`, unchanged."""
+  """Copies every parameter and BatchNorm statistic outside the LoD layers of either model (norms, embeddings,
+  layers kept dense) from `source` into `target`, unchanged."""
   lod_paths = {tuple(p) for m in (source, target) for p, layer in nnx.iter_graph(m) if _is_lod(layer)}
-  params = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
-  rest = [(p, v.replace(params[p][...])) for p, v in nnx.to_flat_state(nnx.state(target, nnx.Param))
+  kept = nnx.Any(nnx.Param, nnx.BatchStat)
+  params = dict(nnx.to_flat_state(nnx.state(source, kept)))
+  rest = [(p, v.replace(params[p][...])) for p, v in nnx.to_flat_state(nnx.state(target, kept))
           if p in params and not any(p[:len(q)] == q for q in lod_paths)]
   nnx.update(target, nnx.from_flat_state(rest))
 

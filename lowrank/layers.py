@@ -74,11 +74,11 @@ class LowRankLinear(nnx.Module):
 
 class LowRankConv(nnx.Module):
   """A kh×kw conv from `in` to `r` channels (stride/padding/dilation of the
-  original, no bias), then a 1×1 conv `up: (r, out)` with bias.
+  original, no bias), then a 1×1 conv `up: (r, out)` with bias (unless `use_bias` is False).
   `down: (kh, kw, in, r)`; r_max = min(out, in·kh·kw)."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, rank: int, rngs: nnx.Rngs,
-               strides: int = 1, padding: str = "SAME", dilation: int = 1, groups: int = 1,
+               strides: int = 1, padding: str = "SAME", dilation: int = 1, groups: int = 1, use_bias: bool = True,
                init: str = "spectral", name: str = "", dtype: jnp.dtype = jnp.float32):
     if groups != 1:
       raise ValueError(f"low-rank conv {name!r}: groups={groups} is not supported; keep this layer dense "
@@ -88,7 +88,7 @@ class LowRankConv(nnx.Module):
     self.name, self.strides, self.padding, self.dilation, self.dtype = name, strides, padding, dilation, dtype
     self.down = nnx.Param(down.reshape(kernel_size, kernel_size, in_features, rank))
     self.up = nnx.Param(up)
-    self.bias = nnx.Param(jnp.zeros((out_features,)))
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.active_rank = ActiveRank(jnp.array(rank, jnp.int32))
 
   @property
@@ -97,7 +97,8 @@ class LowRankConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
     keep = jnp.arange(self.rank) < self.active_rank[...]
-    x, down, up, bias = (a.astype(self.dtype) for a in (x, self.down[...], self.up[...], self.bias[...]))
+    x, down, up = (a.astype(self.dtype) for a in (x, self.down[...], self.up[...]))
     h = jax.lax.conv_general_dilated(x, down, (self.strides,) * 2, self.padding, rhs_dilation=(self.dilation,) * 2,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))  # (b, h', w', r)
-    return (h * keep) @ up + bias
+    y = (h * keep) @ up
+    return y + self.bias[...].astype(self.dtype) if self.bias is not None else y

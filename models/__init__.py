@@ -7,9 +7,11 @@ from models.cnn import CNN
 from models.layers import LAYER_TYPES, LayerFactory
 from models.lm import LM
 from models.mlp import MLP
+from models.resnet import ResNet
+from models.vgg import VGG
 from models.vit import ViT
 
-MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT, "lm": LM}
+MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT, "lm": LM, "resnet": ResNet, "vgg": VGG}
 
 
 def build(model_config, layers_config, *, input_shape: tuple[int, ...], num_classes: int, seed: int,

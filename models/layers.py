@@ -27,9 +27,9 @@ def dense_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bia
 
 
 def dense_conv(in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rngs, strides: int = 1,
-               padding: str = "SAME", dtype: jnp.dtype = jnp.float32, **_) -> nnx.Module:
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides, padding=padding, dtype=dtype,
-                  rngs=rngs)
+               padding: str = "SAME", use_bias: bool = True, dtype: jnp.dtype = jnp.float32, **_) -> nnx.Module:
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides, padding=padding,
+                  use_bias=use_bias, dtype=dtype, rngs=rngs)
 
 
 # layer type -> (linear builder, conv builder); each method adds its pair here.

@@ -30,6 +30,9 @@ def make_images(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+TINY_SPLITS = {"dataset.train_split": "train[:224]", "dataset.validation_split": "train[224:]"}  # Of 256.
+
+
 def write_idx_set(folder: pathlib.Path, num_train: int = 256, num_test: int = 100) -> pathlib.Path:
   folder.mkdir(parents=True, exist_ok=True)
   for split, num, seed in (("train", num_train, 0), ("test", num_test, 1)):
@@ -45,7 +48,7 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
   root = tmp_path_factory.mktemp("tiny_fmnist")
   idx_dir, data_dir = write_idx_set(root / "idx"), root / "tfds"
   fashion_mnist.load("train", data_dir=str(data_dir), idx_dir=str(idx_dir))
-  return {"dataset.idx_dir": str(idx_dir), "dataset.data_dir": str(data_dir)}
+  return {"dataset.idx_dir": str(idx_dir), "dataset.data_dir": str(data_dir), **TINY_SPLITS}
 
 
 def run(script: str, *args: str, overrides: dict | None = None, env: dict | None = None,

@@ -8,7 +8,13 @@ from tests.conftest import assert_one_line_error, run, snapshot
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 
 CASES = {
-    "unknown dataset": ({"dataset.name": "cifar10"}, "config.dataset.name"),
+    "unknown dataset": ({"dataset.name": "cifar_ten"}, "config.dataset.name"),
+    "dataset not prepared": ({"dataset.name": "cifar10", "dataset.idx_dir": ""}, "tfds build cifar10 --data_dir="),
+    "field of another dataset": ({"dataset.name": "cifar10"}, "config.dataset.idx_dir"),
+    "unknown preprocessing": ({"dataset.name": "cifar10", "dataset.preprocess": "jpeg"}, "config.dataset.preprocess"),
+    "preprocessing of a builder of this project": ({"dataset.preprocess": "cifar"}, "config.dataset.preprocess"),
+    "split that does not exist": ({"dataset.validation_split": "valid"}, "config.dataset.validation_split"),
+    "split without examples": ({"dataset.test_split": "test[500:]"}, "config.dataset.test_split"),
     "unknown model": ({"model.name": "resnet"}, "config.model.name"),
     "unknown layer type": ({"layers.type": "sparse"}, "config.layers.type"),
     "zero batch size": ({"batch_size": 0}, "config.batch_size"),

@@ -311,9 +311,25 @@ def test_a_failing_checkpoint_write_is_one_line_and_loses_nothing(straight_runs,
   limited = ["bash", "-c", 'ulimit -f 400 && exec "$@"', "bash"]  # Files up to 200 kB; a checkpoint is ~22 MB.
   full = subprocess.run(limited + command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, text=True)
   assert_one_line_error(full, f"writing checkpoint {STEPS} to {workdir / 'checkpoints'} failed: File too large")
-  assert "free space" in full.stderr and _whole_checkpoint(workdir) == 56
+  assert "ulimit -f" in full.stderr and _whole_checkpoint(workdir) == 56
   subprocess.run(command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, check=True)
   assert_same_run(straight_runs("dense"), workdir, STEPS)
+
+
+def test_a_workdir_removed_mid_run_is_one_line(tiny_data, tmp_path):
+  """The run's folder deleted under a running train.py: the next write fails, and the run stops with one line
+  naming the path, the reason and the fix."""
+  workdir = tmp_path / "removed"
+  proc = subprocess.Popen(command("dense", workdir, tiny_data, steps=100000), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  while _train_rows(workdir) < 1:
+    assert proc.poll() is None
+    time.sleep(0.01)
+  shutil.rmtree(workdir)
+  stderr = proc.communicate(timeout=120)[1]
+  result = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
+  assert_one_line_error(result, f"accessing {workdir}/")
+  assert "No such file or directory; restore the folder" in stderr
 
 
 def test_a_damaged_prepared_dataset_is_prepared_again_or_named(tiny_data, tmp_path):

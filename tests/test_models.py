@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
@@ -42,3 +43,29 @@ def test_unknown_layer_type_is_rejected():
 def test_vit_rejects_a_patch_that_does_not_divide_the_image():
   with pytest.raises(ValueError, match="config.model.patch"):
     models.ViT(LayerFactory(), input_shape=(28, 28, 1), num_classes=10, patch=5, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("model, input_shape, classes, params", [
+    ({"name": "resnet", "depth": 18}, (32, 32, 3), 10, 11_173_962),  # torchvision-style CIFAR ResNet-18.
+    ({"name": "resnet", "depth": 34}, (32, 32, 3), 10, 21_282_122),
+    ({"name": "resnet", "depth": 50, "stem": "imagenet"}, (224, 224, 3), 1000, 25_557_032),  # torchvision's.
+    ({"name": "vgg"}, (32, 32, 3), 10, 20_560_330),  # Pufferfish's CIFAR VGG-19-BN.
+])
+def test_resnets_and_vgg_have_the_reference_models_parameters(model, input_shape, classes, params):
+  built = models.build(ml_collections.ConfigDict(model), ml_collections.ConfigDict({"type": "dense"}),
+                       input_shape=input_shape, num_classes=classes, seed=0)
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param))) == params
+  statistics = nnx.state(built, nnx.BatchStat)
+  assert len(jax.tree.leaves(statistics)) == 2 * (20 if model.get("depth") == 18 else 36 if model.get("depth") == 34
+                                                  else 53 if model.get("depth") == 50 else 16)
+
+
+@pytest.mark.parametrize("layers", [{"type": "lowrank", "rank_ratio": 0.5}, {"type": "nm", "n": 1, "m": 4}])
+def test_low_rank_and_nm_reach_every_convolution_of_a_resnet(layers):
+  model = models.build(ml_collections.ConfigDict({"name": "resnet", "depth": 18, "width": 8}),
+                       ml_collections.ConfigDict({**layers, "keep_dense": ("stem",)}), input_shape=(32, 32, 3),
+                       num_classes=10, seed=0)
+  kinds = {type(m).__name__ for _, m in nnx.iter_graph(model) if type(m).__name__.endswith(("Conv", "Linear"))}
+  expected = {"lowrank": {"Conv", "LowRankConv", "LowRankLinear"}, "nm": {"Conv", "NMConv", "NMLinear"}}
+  assert kinds == expected[layers["type"]]
+  assert model(jnp.ones((2, 32, 32, 3))).shape == (2, 10)

@@ -5,6 +5,7 @@ ranks and sparsity, and titles that name the data, the model and the seeds."""
 import json
 import pathlib
 
+import numpy as np
 import pytest
 from matplotlib.container import ErrorbarContainer
 
@@ -54,7 +55,8 @@ def error_bars(ax) -> list[int]:
 def test_training_objective_and_test_cross_entropy_are_on_separate_labelled_panels(tmp_path, figures):
   rows = [{"step": s, "train/loss": 6.3 - s / 10, "train/accuracy": 0.5 + s / 100} for s in (10, 20, 30)]
   for r, (test, ema) in zip(rows[1:], ((1.0, 0.9), (0.8, 0.7))):
-    r |= {"eval/loss": test, "eval/accuracy": 0.8, "eval_ema/loss": ema, "eval_ema/accuracy": 0.81}
+    r |= {"eval/loss": test, "eval/accuracy": 0.8, "eval_ema/loss": ema, "eval_ema/accuracy": 0.81,
+          "val/loss": test + 0.05, "val/accuracy": 0.79}
   plots.training_curves(workdir(tmp_path, MAESTRO, rows))
   (fig,) = figures
   objective, test_loss, accuracy = fig.axes
@@ -62,18 +64,19 @@ def test_training_objective_and_test_cross_entropy_are_on_separate_labelled_pane
   assert fig.get_suptitle() == f"Fashion-MNIST · MLP · {tmp_path.name}"
   assert "cross-entropy + distillation + penalty" in objective.get_ylabel()
   assert list(objective.get_lines()[0].get_ydata()) == [r["train/loss"] for r in rows]
-  assert test_loss.get_ylabel() == "test cross-entropy (nats)"
+  assert test_loss.get_ylabel() == "cross-entropy (nats)"
   curves = lines(test_loss)
-  assert set(curves) == {"test", "test, EMA of parameters"}
+  assert set(curves) == {"validation", "test", "test, EMA of parameters"}
   assert list(curves["test"].get_ydata()) == [1.0, 0.8]
+  np.testing.assert_allclose(curves["validation"].get_ydata(), [1.05, 0.85])
   assert list(curves["test, EMA of parameters"].get_ydata()) == [0.9, 0.7]
-  assert set(lines(accuracy)) == {"training batches", "test", "test, EMA of parameters"}
+  assert set(lines(accuracy)) == {"training batches", "validation", "test", "test, EMA of parameters"}
   assert list(lines(accuracy)["test"].get_ydata()) == [80, 80]  # In %.
 
   dense = {**MLP, "layers": {"type": "dense"}}
   plots.training_curves(workdir(tmp_path, dense, [{k: v for k, v in r.items() if "ema" not in k} for r in rows]))
   assert figures[1].axes[0].get_ylabel().endswith("(cross-entropy)")
-  assert set(lines(figures[1].axes[1])) == {"test"}  # No EMA kept, none drawn.
+  assert set(lines(figures[1].axes[1])) == {"validation", "test"}  # No EMA kept, none drawn.
 
 
 def test_rank_and_sparsity_trajectories_of_a_run_are_steps(tmp_path, figures):

@@ -23,6 +23,7 @@ from configs import common, {module}
 def get_config(arg=None):
   c = {module}.get_config("smoke")
   c.dataset.idx_dir, c.dataset.data_dir = {idx_dir!r}, {data_dir!r}
+  c.dataset.train_split, c.dataset.validation_split = "train[:224]", "train[224:]"
   c.log_every = 1
   return c
 
