@@ -299,5 +299,5 @@ if __name__ == "__main__":
     message = str(e) if isinstance(e, CheckpointError) else workdir_lib.machine_failure(
         f"accessing {e.filename or _WORKDIR.value}", e,
         f"run the same command: training resumes from the newest whole checkpoint in {_WORKDIR.value}/checkpoints")
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"\nerror: {message}", file=sys.stderr, flush=True)  # On a line of its own, after a progress bar.
     os._exit(1)  # Without the interpreter's teardown, where Orbax's threads would report the failed write again.

@@ -2,19 +2,22 @@
 with the speedup XLA's FLOP count predicts beside the measured one.
 
   python benchmarks/lowrank_step_cost.py [--fractions=0.5,0.25,0.1] [--batches=256,1024] [--repeats=7] [--steps=10]
+  python benchmarks/lowrank_step_cost.py --config=configs/cifar10_resnet18_maestro.py --batches=128 \
+      --steps_kinds="no sampling,Maestro (OD + distillation)" --repeats=3 --steps=2 --nocompilations
 
-The MLP of configs/fmnist_mlp_maestro.py (784-1024-1024-10; fc1 and fc2 low
-rank, the head dense) at full rank (where training starts) and shrunk so its
-parameters are each `--fractions` of the dense MLP's, each with three train
-steps: no rank sampling (sampler none), ordered dropout (single_layer), and
-the configured Maestro step (ordered dropout + self-distillation, a second
-forward pass). Every step is the real jitted train step of train.py (group
-lasso included), one random batch, timed round-robin in one process (median of
-`repeats` rounds of `steps` steps). "FLOP-predicted" is dense flops / flops of
-the step; "of predicted" is the measured speedup over that.
+The model of `--config` (default configs/fmnist_mlp_maestro.py: the MLP
+784-1024-1024-10, fc1 and fc2 low rank, the head dense) at full rank (where
+training starts) and shrunk so its low-rank layers hold `--fractions` of their
+dense parameters, each with the train steps `--steps_kinds` of: no rank
+sampling (sampler none), ordered dropout (single_layer), and the Maestro step
+(ordered dropout + self-distillation, a second forward pass). Every step is
+the real jitted train step of train.py (group lasso included), one random
+batch, timed round-robin in one process (median of `repeats` rounds of `steps`
+steps). "FLOP-predicted" is dense flops / flops of the step; "of predicted" is
+the measured speedup over that.
 
 Then compilations: 100 steps with rank sampling compile once; each shrink once
-more. Prints tables and writes benchmarks/results/lowrank_step_cost.json.
+more. Prints tables and writes benchmarks/results/lowrank_step_cost[_<model>].json.
 """
 
 import pathlib
@@ -24,10 +27,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from configs import fmnist_mlp_maestro  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from experiment.step import count_compilations, make_train_step  # noqa: E402
@@ -37,6 +40,10 @@ _FRACTIONS = flags.DEFINE_list("fractions", ["0.5", "0.25", "0.1"], "Shrunk size
 _BATCHES = flags.DEFINE_list("batches", ["256", "1024"], "Batch sizes (the config's is 256), each timed on its own.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Rounds; each step's median over them is reported.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per step variant per round.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/fmnist_mlp_maestro.py", "A Maestro config (configs/*.py).")
+_KINDS = flags.DEFINE_list("steps_kinds", ["no sampling", "ordered dropout", "Maestro (OD + distillation)"],
+                           "Which train steps to time at each size.")
+_COMPILATIONS = flags.DEFINE_bool("compilations", True, "Also count compilations across two shrinks.")
 STEPS = {"no sampling": dict(sampler="none", distill=False), "ordered dropout": dict(sampler="single_layer", distill=False),
          "Maestro (OD + distillation)": dict(sampler="single_layer", distill=True)}
 
@@ -77,9 +84,9 @@ def step_cost_rows(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> l
   runs["dense"], step, args = trainer(config, dense, batch, mesh, method=method_lib.Method())
   costs["dense"], params["dense"] = timing.xla_cost(step, *args), build.count_params(dense)
   for fraction in [1.0, *ranks]:
-    for step_name, fields in STEPS.items():
-      c = fmnist_mlp_maestro.get_config()
-      c.lowrank.update(fields)
+    for step_name in _KINDS.value:
+      c = config.copy_and_resolve_references()
+      c.lowrank.update(STEPS[step_name])
       if fraction < 1:
         c.layers.ranks = ranks[fraction]
       model = build.model(c)
@@ -100,21 +107,24 @@ def step_cost_rows(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> l
 
 
 def main(_):
-  config = fmnist_mlp_maestro.get_config()
+  config = _CONFIG.value
   mesh = sharding.mesh()
   full = build.model(config)
   ranks = {float(f): deploy.param_fraction_ranks(full, float(f)) for f in _FRACTIONS.value}
   rows = [row for b in _BATCHES.value for row in step_cost_rows(config, timing.random_batch(config, mesh, int(b)), mesh,
                                                                 ranks)]
-  shrinks = {f: deploy.param_fraction_ranks(full, f) for f in (0.5, 0.25)}
-  compiled = compilations(config, timing.random_batch(config, mesh, config.batch_size), mesh, shrinks)
   print(f"Device: {timing.device()}, median of {_REPEATS.value} round-robin rounds of {_STEPS.value} steps; ranks at "
         f"each fraction: " + ", ".join(f"{f:g}: {r}" for f, r in ranks.items()))
   print(metrics.table(rows))
-  print("Compilations of the ordered-dropout train step: " + ", ".join(f"{k}: {v}" for k, v in compiled.items()))
-  out = timing.write("lowrank_step_cost", {"repeats": _REPEATS.value, "steps": _STEPS.value,
-                                           "ranks": ranks, "rows": rows,
-                                           "compilations": compiled})
+  compiled = {}
+  if _COMPILATIONS.value:
+    shrinks = {f: deploy.param_fraction_ranks(full, f) for f in (0.5, 0.25)}
+    compiled = compilations(config, timing.random_batch(config, mesh, config.batch_size), mesh, shrinks)
+    print("Compilations of the ordered-dropout train step: " + ", ".join(f"{k}: {v}" for k, v in compiled.items()))
+  model = "" if config.model.name == "mlp" else f"_{config.model.name}{config.model.get('depth', '')}"
+  record = {"command": " ".join(["python", *sys.argv]), "repeats": _REPEATS.value, "steps": _STEPS.value,
+            "ranks": ranks, "rows": rows, "compilations": compiled}
+  out = timing.write(f"lowrank_step_cost{model}", record)
   print(f"Wrote {out}")
 
 

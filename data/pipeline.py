@@ -13,7 +13,7 @@ host-to-device copy of the next batches overlap the device's step. The
 iterator's state (`get_state()`) counts only the batches handed out, and is
 saved with every checkpoint: a resumed run sees exactly the batches an
 uninterrupted run would have seen.
-A `source` is a `data.Split`: its length, `in_memory`, and `batch(indices)` -> arrays.
+A `source` is a `data.Split`: its length, `in_memory`, and `batch(indices, noise)` -> arrays.
 """
 
 from typing import Callable, Iterator

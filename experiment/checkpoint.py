@@ -13,8 +13,10 @@ their manifest, and moves newer ones (truncated, changed, partly deleted, or
 killed before their manifest was written) to `<workdir>/damaged_checkpoints/`.
 """
 
+import errno
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -68,6 +70,8 @@ class Checkpoints:
     the devices; a thread writes its manifest once Orbax has written it. `primary`: the process that writes
     manifests."""
     self.close()
+    if not self.manager.directory.exists():  # The run's folder removed: Orbax would make a new one unnoticed.
+      raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.manager.directory))
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),

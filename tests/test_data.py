@@ -70,7 +70,7 @@ class _Source:
   def __len__(self):
     return 50
 
-  def batch(self, ix):
+  def batch(self, ix, noise=None):
     return {"inputs": np.full((len(ix), 2, 2, 1), 0.5, np.float32), "targets": np.asarray(ix, np.int32)}
 
 

@@ -328,7 +328,7 @@ def test_a_workdir_removed_mid_run_is_one_line(tiny_data, tmp_path):
   shutil.rmtree(workdir)
   stderr = proc.communicate(timeout=120)[1]
   result = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
-  assert_one_line_error(result, f"accessing {workdir}/")
+  assert_one_line_error(result, f"accessing {workdir}/checkpoints failed: No such file or directory")
   assert "No such file or directory; restore the folder" in stderr
 
 

@@ -108,6 +108,7 @@ def test_compilations_are_counted_per_function():
   assert counts["double"] == 2
 
 
+@pytest.mark.slow  # Each feature has its own default test; this one runs them together through train.py.
 def test_bfloat16_accumulation_ema_and_profile_through_train_py(tmp_path, tiny_data):
   workdir = tmp_path / "run"
   run("train.py", "--config", "configs/fmnist_vit_dense.py:smoke", "--workdir", str(workdir),

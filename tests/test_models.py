@@ -69,3 +69,20 @@ def test_low_rank_and_nm_reach_every_convolution_of_a_resnet(layers):
   expected = {"lowrank": {"Conv", "LowRankConv", "LowRankLinear"}, "nm": {"Conv", "NMConv", "NMLinear"}}
   assert kinds == expected[layers["type"]]
   assert model(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
+
+
+def test_a_dense_resnet_switches_to_its_full_rank_svd_with_the_same_outputs():
+  """The switch after a dense warm-up on a bottleneck ResNet with BatchNorm and bias-free convolutions: the SVD
+  factors at full rank, and every BatchNorm's parameters and statistics, carried over."""
+  from lowrank import deploy
+  config = ml_collections.ConfigDict({
+      "model": {"name": "resnet", "depth": 50, "stem": "imagenet", "width": 4}, "seed": 0, "compute_dtype": "float32",
+      "dataset": {"name": "fashion_mnist"},
+      "layers": {"type": "lowrank", "keep_dense": ("stem",), "rank_ratio": 1.0, "ranks": {}, "init": "spectral"}})
+  dense = models.build(config.model, ml_collections.ConfigDict({"type": "dense"}), input_shape=(28, 28, 1),
+                       num_classes=10, seed=1)
+  x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  dense(x)  # Training mode: the running statistics move off their initial values.
+  switched = deploy.from_dense(dense, config)
+  evaluate = lambda m: nnx.view(m, use_running_average=True)(x)
+  np.testing.assert_allclose(evaluate(switched), evaluate(dense), rtol=1e-4, atol=1e-4)

@@ -1,7 +1,9 @@
 """The papers' configs (configs/cifar10_*, configs/imagenet_*) on TFDS's mock data of their real datasets, through
 train.py: each `:smoke` trains and logs validation and test metrics; a BatchNorm model resumes bit-identically
-across a Maestro shrink, whose BatchNorm statistics are recomputed on the first training batches."""
+across a Maestro shrink, whose BatchNorm statistics are recomputed on the first training batches (and, in eval.py,
+for each rank cut)."""
 
+import json
 import shutil
 
 import jax
@@ -25,8 +27,10 @@ def mock_train(config: str, workdir, overrides: dict, examples: int = 32):
              overrides=overrides)
 
 
-@pytest.mark.parametrize("name", ["cifar10_resnet18_maestro", "cifar10_vgg19_maestro", "imagenet_resnet50_maestro",
-                                  "imagenet_vit_b16_nm"])
+@pytest.mark.parametrize("name", [  # VGG; ResNet-50 (its bottlenecks and dense warm-up:
+    # tests/test_models.py): slow.
+    "cifar10_resnet18_maestro", pytest.param("cifar10_vgg19_maestro", marks=pytest.mark.slow),
+    pytest.param("imagenet_resnet50_maestro", marks=pytest.mark.slow), "imagenet_vit_b16_nm"])
 def test_each_paper_config_smoke_trains_on_its_dataset_with_validation_and_test_metrics(name, tmp_path):
   mock_train(f"configs/{name}.py:smoke", tmp_path / name, SHORT)
   last = metrics.read(tmp_path / name / "metrics.jsonl")[-1]
@@ -58,6 +62,11 @@ def test_a_batch_norm_model_recalibrates_after_a_shrink_and_resumes_bit_identica
   for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # = the statistics of the first 2 training batches.
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(stale)))
+
+  cut = run("tests/mock_tfds.py", "32", "eval.py", "--workdir", str(straight), "--rank_fractions=1,0.5")
+  assert "BatchNorm statistics of each cut recomputed on 2 training batches of 8" in cut.stdout
+  sweep = json.loads((straight / "eval.json").read_text())["rank_sweep"]
+  assert [r["rank_fraction"] for r in sweep] == [1.0, 0.5] and sweep[1]["params"] < sweep[0]["params"]
 
   shutil.copytree(straight, resumed)
   for step in (9, 12):  # As if killed after the step-6 checkpoint, and again across the shrink:

@@ -210,6 +210,7 @@ def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
   print(f"2 processes: largest relative loss difference {_assert_same_trajectory(one, rows):.2g}")
 
 
+@pytest.mark.slow  # Multi-process, like the test above; with shrinking and a SIGTERM.
 def test_two_processes_fsdp_shrink_and_sigterm(tiny_data, tmp_path):
   """Maestro with FSDP over 2 processes, shrinking on sharded arrays; a SIGTERM to process 1 alone stops both
   after the same step with a checkpoint, and the resumed run follows 1 process with 2 devices."""
