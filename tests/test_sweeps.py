@@ -190,7 +190,7 @@ def test_report_of_a_low_rank_sweep_has_the_svd_baseline(tiny_data, tmp_path):
   shutil.rmtree(folder / "dense_s0" / "checkpoints")  # E.g. a sweep copied without its checkpoints.
   out = run("eval.py", "report", str(folder))
   text = (folder / "report.md").read_text()
-  assert f"No SVD baseline: {folder}/dense_s0 has no checkpoint" in text and "SVD of dense" not in text
+  assert f"No SVD baseline: {folder}/dense_s0 has no whole checkpoint" in text and "SVD of dense" not in text
   assert re.search(r"\| maestro +\| Maestro", text)  # The rest of the report is there.
 
 
