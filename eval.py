@@ -303,14 +303,12 @@ def tester(config, source, put):
 def recalibrated(test, config, train: data.Split, put):
   """`test`, after recomputing the BatchNorm statistics of the model it is given (a rank cut, an SVD truncation) on
   the first config.recalibrate_batches training batches; says so once where the model has BatchNorm."""
-  batches = min(config.recalibrate_batches, len(train) // config.batch_size)
   said = []
 
   def run(model: nnx.Module) -> dict:
-    if evaluation.recalibrate(model, data.eval_batches(train, config.batch_size, batches * config.batch_size), put):
-      if not said:
-        print(f"BatchNorm statistics of each cut recomputed on {batches} training batches of {config.batch_size} "
-              f"(config.recalibrate_batches)")
+    if (batches := evaluation.recalibrate_on(model, train, config, put)) and not said:
+      print(f"BatchNorm statistics of each cut recomputed on {batches} training batches of {config.batch_size} "
+            f"(config.recalibrate_batches)")
       said.append(True)
     return test(model)
 

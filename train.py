@@ -66,6 +66,11 @@ def main(argv) -> None:
     splits = build.datasets(config)
     for split in splits:
       split.preload()
+    if epochs := config_lib.in_epochs(config):  # Counted from here on in steps, the train split's real size.
+      config = config_lib.in_steps(config, len(splits.train))
+      print(f"Epochs of {len(splits.train):,} training examples in steps of {config.batch_size}: " + ", ".join(
+          f"{config_lib.IN_EPOCHS[f]}={e:g} -> {f}={config_lib.get_field(config, f)}" for f, e in epochs.items()),
+          file=sys.stderr)
     model = build.model(config)
     method = method_lib.build(config, model)
     is_main = jax.process_index() == 0
@@ -113,11 +118,6 @@ def main(argv) -> None:
     writer.write(0, {"params/total": build.count_params(model)}, console=False)
   put_whole = sharding.batch_placer(mesh, whole=True)
   text = build.dataset(config).text  # Character targets: evaluation adds bits per character.
-
-  def calibration_batches():
-    """The first config.recalibrate_batches training batches, in order and not augmented (BatchNorm models)."""
-    whole = min(config.recalibrate_batches, len(splits.train) // config.batch_size)  # No padded batch.
-    return data.eval_batches(splits.train, config.batch_size, whole * config.batch_size)
 
   def evaluated(model: nnx.Module) -> dict[str, float]:
     """`model`'s metrics on the validation (val/...) and test (eval/...) splits."""
@@ -198,7 +198,7 @@ def main(argv) -> None:
         train_step = make_step(method)
         observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
       if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
-        evaluation.recalibrate(model, calibration_batches(), put_whole)  # BatchNorm statistics of the new model.
+        evaluation.recalibrate_on(model, splits.train, config, put_whole)  # BatchNorm statistics of the new model.
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
         state = place((model_state, opt_state))  # Re-laid out for the new shapes.
         step_flops = None

@@ -32,6 +32,7 @@ from flax import nnx  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
+from experiment import config as config_lib  # noqa: E402
 from experiment import method as method_lib  # noqa: E402
 from experiment.step import count_compilations, make_train_step  # noqa: E402
 from lowrank import deploy, maestro  # noqa: E402
@@ -107,7 +108,8 @@ def step_cost_rows(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> l
 
 
 def main(_):
-  config = _CONFIG.value
+  config = config_lib.in_steps(_CONFIG.value, train_examples=50_000)  # A paper config's epochs: the length of
+  # the run (which changes the learning rate, not a step's cost).
   mesh = sharding.mesh()
   full = build.model(config)
   ranks = {float(f): deploy.param_fraction_ranks(full, float(f)) for f in _FRACTIONS.value}

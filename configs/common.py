@@ -2,20 +2,21 @@
 
 import ml_collections
 
-from experiment.config import parse_arg, parse_like
+from experiment.config import IN_EPOCHS, get_field, parse_arg, parse_like
 
-TRAIN_EXAMPLES = 60_000  # Fashion-MNIST train split.
+TRAIN_EXAMPLES = 55_000  # Fashion-MNIST's default train split, train[:55000].
 
 
 def epochs(n: float, batch_size: int) -> int:
-  """Optimizer steps in `n` epochs of the Fashion-MNIST train split."""
+  """Optimizer steps in `n` epochs of Fashion-MNIST's default train split (its configs count in steps; the paper
+  configs count in epochs of whatever train split a run reads: `config.num_epochs` and the other `*_epochs`)."""
   return int(n * TRAIN_EXAMPLES // batch_size)
 
 
-def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: int = 256, learning_rate: float = 1e-3,
-         dataset: dict | None = None) -> ml_collections.ConfigDict:
-  """A Fashion-MNIST experiment of `num_epochs`, or `num_steps` on `dataset` (its fields: name, eval_limit, and where
-  its files are)."""
+def base(model: dict, *, fmnist_epochs: float = 0, num_steps: int = 0, batch_size: int = 256,
+         learning_rate: float = 1e-3, dataset: dict | None = None) -> ml_collections.ConfigDict:
+  """A Fashion-MNIST experiment of the steps of `fmnist_epochs` epochs (its default split), or `num_steps` on
+  `dataset` (its fields: name, eval_limit, and where its files are)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # "" / 0: defaults, all. workers: processes that read and decode batches (0: threads; for large datasets).
@@ -28,11 +29,15 @@ def base(model: dict, *, num_epochs: float = 0, num_steps: int = 0, batch_size: 
   c.model = model
   c.layers = dict(type="dense", keep_dense=())
   c.batch_size = batch_size
-  c.num_steps = num_steps or epochs(num_epochs, batch_size)
+  c.num_steps = num_steps or epochs(fmnist_epochs, batch_size)
+  # Each of these > 0 replaces its twin in steps (num_steps, eval_every, checkpoint_every, optimizer.warmup_steps,
+  # which are then 0): epochs of the train split, converted to steps from its real size when the run starts.
+  c.num_epochs = c.eval_every_epochs = c.checkpoint_every_epochs = 0.0
   c.optimizer = dict(
       name="adamw",              # adamw | sgd (momentum 0.9)
       learning_rate=learning_rate,
       warmup_steps=c.num_steps // 20,
+      warmup_epochs=0.0,
       schedule="cosine",         # cosine | linear | constant | warmup_stable_decay | step (after the warm-up)
       decay_fraction=0.2,        # warmup_stable_decay: the last fraction of the steps, decaying linearly to 0.
       step_at=(0.5, 0.75),       # step: the learning rate x0.1 at these fractions of the steps after the warm-up.
@@ -83,8 +88,12 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.update(dim=64, depth=2, num_heads=2, mlp_dim=128)
   c.recalibrate_batches = min(c.recalibrate_batches, 2)
   if "lowrank" in c:
-    c.lowrank.shrink_every = 10 if c.lowrank.shrink_every else 0
-    c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps else 0
+    c.lowrank.shrink_every = 10 if c.lowrank.shrink_every or c.lowrank.shrink_every_epochs else 0
+    c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps or c.lowrank.dense_warmup_epochs else 0
+  for field in IN_EPOCHS.values():  # Every step count above is in steps.
+    if get_field(c, field) is not None:
+      *parents, leaf = field.split(".")
+      (c[parents[0]] if parents else c)[leaf] = 0.0
   return c
 
 
@@ -107,9 +116,11 @@ def maestro(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], group_
       group_lasso=group_lasso,    # λ of the hierarchical group lasso.
       hierarchical=True,          # False: the plain group lasso Σ_i ||d_i|| + ||u_i||.
       distill=False,              # True: CE(full) + CE(sampled, softmax(full)) instead of CE(sampled).
-      shrink_every=epochs(shrink_every_epochs, c.batch_size),  # 0: never shrink.
+      shrink_every=0 if c.num_epochs else epochs(shrink_every_epochs, c.batch_size),  # 0: never shrink.
+      shrink_every_epochs=shrink_every_epochs if c.num_epochs else 0.0,  # > 0: shrink_every in epochs.
       shrink_eps=shrink_eps,      # Keep components with importance >= this.
       dense_warmup_steps=0,       # > 0: train dense this long, then switch to the SVD factors.
+      dense_warmup_epochs=0.0,    # > 0: dense_warmup_steps in epochs.
   )
   return c
 
@@ -191,31 +202,40 @@ def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> ml_collect
   return smoke(c) if "smoke" in args else c
 
 
+def in_epochs(model: dict, *, num_epochs: float, eval_every_epochs: float, batch_size: int, learning_rate: float,
+              dataset: dict) -> ml_collections.ConfigDict:
+  """A paper's experiment: `num_epochs` of the train split (whatever its size), evaluated and checkpointed every
+  `eval_every_epochs`, no warm-up."""
+  c = base(model, num_steps=1, batch_size=batch_size, learning_rate=learning_rate, dataset=dataset)
+  c.num_steps = c.eval_every = c.checkpoint_every = c.optimizer.warmup_steps = 0
+  c.num_epochs, c.eval_every_epochs = num_epochs, eval_every_epochs
+  c.checkpoint_every_epochs = eval_every_epochs
+  return c
+
+
 def cifar_sgd(model: dict, *, epochs: int, batch_size: int = 128) -> ml_collections.ConfigDict:
   """A CIFAR-10 run with Maestro's CIFAR recipe (Maestro-LoD's cifar script): SGD with momentum 0.9, learning rate
   0.1, x0.1 at 50% and 75% of the run, weight decay 1e-4, batch 128, pad-crop-flip augmentation (the cifar10
-  dataset's default), validation held out of train (45,000 / 5,000)."""
-  train_examples = 45_000
-  c = base(model, num_steps=epochs * train_examples // batch_size, batch_size=batch_size, learning_rate=0.1,
-           dataset=dict(name="cifar10", data_dir="", eval_limit=0, workers=0))
-  c.optimizer.update(name="sgd", schedule="step", step_at=(0.5, 0.75), weight_decay=1e-4, warmup_steps=0,
-                     grad_clip=0.0)
-  c.eval_every = c.checkpoint_every = 5 * train_examples // batch_size  # Every 5 epochs.
+  dataset's default), validation held out of train (45,000 / 5,000); evaluated every 5 epochs."""
+  c = in_epochs(model, num_epochs=epochs, eval_every_epochs=5, batch_size=batch_size, learning_rate=0.1,
+                dataset=dict(name="cifar10", data_dir="", eval_limit=0, workers=0))
+  c.optimizer.update(name="sgd", schedule="step", step_at=(0.5, 0.75), weight_decay=1e-4, grad_clip=0.0)
   c.eval_batch_size = 500
   return c
 
 
-def maestro_variants(c: ml_collections.ConfigDict, arg: str | None, *, pufferfish_ratio: float,
-                     epoch_steps: int) -> ml_collections.ConfigDict:
+def maestro_variants(c: ml_collections.ConfigDict, arg: str | None, *,
+                     pufferfish_ratio: float) -> ml_collections.ConfigDict:
   """A Maestro paper config's `:arg`: method=maestro (default) | dense (the same model, every layer dense) |
-  pufferfish (the Pufferfish-style baseline: `epoch_steps` dense, then the SVD at a fixed `pufferfish_ratio` of
-  each layer's rank, no sampling, penalty or shrinking); `:smoke`; `:field=value`."""
+  pufferfish (the Pufferfish-style baseline: one epoch dense, then the SVD at a fixed `pufferfish_ratio` of each
+  layer's rank, no sampling, penalty or shrinking); `:smoke`; `:field=value`."""
   args = parse_arg(arg)
   method = args.pop("method", "maestro")
   if method == "dense":
     c.layers = dict(type="dense", keep_dense=())
   elif method == "pufferfish":
-    c.update_from_flattened_dict({**pufferfish(pufferfish_ratio), "lowrank.dense_warmup_steps": epoch_steps})
+    c.update_from_flattened_dict({**pufferfish(pufferfish_ratio), "lowrank.dense_warmup_steps": 0,
+                                  "lowrank.dense_warmup_epochs": 1.0})
   elif method != "maestro":
     raise ValueError(f"config argument method={method!r}: must be maestro, dense or pufferfish")
   return apply_args(c, args)

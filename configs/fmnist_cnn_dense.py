@@ -10,5 +10,5 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="cnn", channels=(32, 64), hidden=256), num_epochs=10)
+  c = common.base(dict(name="cnn", channels=(32, 64), hidden=256), fmnist_epochs=10)
   return common.apply_args(c, parse_arg(arg))

@@ -11,5 +11,5 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=8)
+  c = common.base(dict(name="mlp", hidden=(1024, 1024)), fmnist_epochs=8)
   return common.apply_args(c, parse_arg(arg))

@@ -19,7 +19,7 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=12)
+  c = common.base(dict(name="mlp", hidden=(1024, 1024)), fmnist_epochs=12)
   c = common.maestro(c, keep_dense=("head",), group_lasso=7e-5, shrink_eps=1e-3)
   c.lowrank.distill = True
   return common.apply_args(c, parse_arg(arg))

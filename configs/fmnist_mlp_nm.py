@@ -18,6 +18,6 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=8)
+  c = common.base(dict(name="mlp", hidden=(1024, 1024)), fmnist_epochs=8)
   c = common.nm(c, keep_dense=("head",), n=2, m=4)
   return common.nm_config(c, arg)

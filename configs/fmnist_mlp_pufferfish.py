@@ -19,7 +19,7 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="mlp", hidden=(1024, 1024)), num_epochs=8)
+  c = common.base(dict(name="mlp", hidden=(1024, 1024)), fmnist_epochs=8)
   c = common.maestro(c, keep_dense=("head",), group_lasso=0.0, shrink_eps=0.0, sampler="none")
   c.layers.rank_ratio = 0.12
   c.lowrank.shrink_every = 0

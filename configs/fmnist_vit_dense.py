@@ -11,6 +11,6 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="vit", patch=7, dim=64, depth=4, num_heads=4, mlp_dim=128), num_epochs=15, learning_rate=2e-3)
+  c = common.base(dict(name="vit", patch=7, dim=64, depth=4, num_heads=4, mlp_dim=128), fmnist_epochs=15, learning_rate=2e-3)
   c.optimizer.weight_decay = 0.05
   return common.apply_args(c, parse_arg(arg))

@@ -15,7 +15,7 @@ from experiment.config import parse_arg
 
 
 def get_config(arg: str | None = None):
-  c = common.base(dict(name="vit", patch=7, dim=64, depth=4, num_heads=4, mlp_dim=128), num_epochs=15,
+  c = common.base(dict(name="vit", patch=7, dim=64, depth=4, num_heads=4, mlp_dim=128), fmnist_epochs=15,
                   learning_rate=2e-3)
   c.optimizer.weight_decay = 0.05
   c = common.maestro(c, keep_dense=("patch_embed", "head"), group_lasso=1e-4, shrink_eps=1e-3)

@@ -31,7 +31,7 @@ from experiment.config import parse_arg, parse_like
 def get_config(arg: str | None = None):
   args = parse_arg(arg)
   ffn_only = parse_like(False, args.pop("ffn_only", "false"), "ffn_only")
-  c = common.base(dict(name="vit", patch=7, dim=128, depth=2, num_heads=4, mlp_dim=256), num_epochs=4,
+  c = common.base(dict(name="vit", patch=7, dim=128, depth=2, num_heads=4, mlp_dim=256), fmnist_epochs=4,
                   learning_rate=2e-3)
   c.optimizer.weight_decay = 0.05
   c = common.nm(c, keep_dense=("patch_embed", "head", *(("block*/attn/*",) if ffn_only else ())), n=2, m=4)

@@ -22,20 +22,15 @@ parameters against 71.03% at 9.4M), as quoted in its reviews; the table not chec
 
 from configs import common
 
-TRAIN_EXAMPLES = 1_268_355  # train[:99%] of 1,281,167.
-
 
 def get_config(arg: str | None = None):
-  batch = 256
-  epoch = TRAIN_EXAMPLES // batch
-  c = common.base(dict(name="resnet", depth=50, stem="imagenet", width=64), num_steps=90 * epoch, batch_size=batch,
-                  learning_rate=0.1, dataset=dict(name="imagenet2012", data_dir="", eval_limit=0, workers=8))
-  c.optimizer.update(name="sgd", schedule="step", step_at=(1 / 3, 2 / 3, 8 / 9), weight_decay=1e-4, warmup_steps=0,
-                     grad_clip=0.0)
-  c.eval_every = c.checkpoint_every = epoch
+  c = common.in_epochs(dict(name="resnet", depth=50, stem="imagenet", width=64), num_epochs=90, eval_every_epochs=1,
+                       batch_size=256, learning_rate=0.1,
+                       dataset=dict(name="imagenet2012", data_dir="", eval_limit=0, workers=8))
+  c.optimizer.update(name="sgd", schedule="step", step_at=(1 / 3, 2 / 3, 8 / 9), weight_decay=1e-4, grad_clip=0.0)
   c.eval_batch_size = 500
   c.recalibrate_batches = 500
   c = common.maestro(c, keep_dense=("stem", "stage1/*", "stage2/*", "stage3/*", "head"), group_lasso=1e-6,
                      shrink_eps=1e-5)
-  c.lowrank.update(distill=True, shrink_every=epoch, dense_warmup_steps=epoch)
-  return common.maestro_variants(c, arg, pufferfish_ratio=0.25, epoch_steps=epoch)
+  c.lowrank.update(distill=True, dense_warmup_epochs=1.0)  # And a shrink every epoch (common.maestro).
+  return common.maestro_variants(c, arg, pufferfish_ratio=0.25)

@@ -96,7 +96,9 @@ def _lists(records: list[dict]) -> dict[str, list]:
 
 
 DATASETS = {  # This project's builders (offline); any other name is looked up in the TFDS catalog.
-    "fashion_mnist": Dataset(fashion_mnist.load, fashion_mnist.collate, (28, 28, 1), np.float32, 10,
+    "fashion_mnist": Dataset(fashion_mnist.load, functools.partial(catalog.collate, image="image", label="label",
+                                                                   family=preprocess.FAMILIES["scale"]),
+                             (28, 28, 1), np.float32, 10,
                              ("train[:55000]", "train[55000:]", "test")),
     "austen": Dataset(austen.load, austen.collate, (austen.WINDOW,), np.int32, len(austen.VOCAB),
                       ("train", "validation", "test"), austen.VOCAB),

@@ -65,12 +65,6 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image[..., None], "label": int(label)}
 
 
-def collate(features: dict[str, np.ndarray], noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """A batch of records (`image` (b, 28, 28, 1) uint8, `label` (b,)): images as float32 in [0, 1], labels int32.
-  No augmentation (`noise` unused)."""
-  return {"inputs": features["image"].astype(np.float32) / 255.0, "targets": features["label"].astype(np.int32)}
-
-
 def load(split: str, data_dir: str | None = None, idx_dir: str | None = None):
   """Prepares the dataset once (a few seconds) and returns a random-access source."""
   make = lambda: FashionMnistIdx(data_dir=data_dir or DEFAULT_DATA_DIR, idx_dir=idx_dir, file_format="array_record")

@@ -16,7 +16,7 @@ from flax import nnx
 import data
 import models
 from experiment import sharding
-from experiment.config import ConfigError, check as check_fields
+from experiment.config import IN_EPOCHS, ConfigError, check as check_fields, in_epochs
 
 OPTIMIZERS = {"adamw", "sgd"}
 SCHEDULES = {"cosine", "linear", "constant", "warmup_stable_decay", "step"}
@@ -106,6 +106,9 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up over `warmup_steps`, then `schedule`: cosine or linear decay to 0 at the last step, constant,
   warmup_stable_decay (constant, then linear decay to 0 over the last `decay_fraction` of the steps), or step
   (x0.1 at each fraction `step_at` of the steps after the warm-up)."""
+  if epochs := in_epochs(config):
+    raise ConfigError(f"config.{IN_EPOCHS[next(iter(epochs))]} is in epochs: convert the config first, "
+                      f"experiment.config.in_steps(config, train_examples)")
   o, steps = config.optimizer, config.num_steps
   warmup = min(o.warmup_steps, steps)
   ramp = optax.linear_schedule(0.0, o.learning_rate, warmup) if warmup else None

@@ -58,6 +58,41 @@ NEWER_FIELDS = ("optimizer.decay_fraction", "optimizer.accumulate_steps", "optim
                 "profile_steps", "recalibrate_batches", "optimizer.step_at")
 
 
+# Step counts a config may give in epochs of the train split instead: {steps field: its epochs twin}. At most one
+# of a pair is > 0; the first three need one. A run converts epochs to steps from the train split's real size
+# (`in_steps`) before anything else reads them, and saves the converted config.
+IN_EPOCHS = {"num_steps": "num_epochs", "eval_every": "eval_every_epochs", "checkpoint_every": "checkpoint_every_epochs",
+             "optimizer.warmup_steps": "optimizer.warmup_epochs", "lowrank.shrink_every": "lowrank.shrink_every_epochs",
+             "lowrank.dense_warmup_steps": "lowrank.dense_warmup_epochs"}
+
+
+def get_field(config: ml_collections.ConfigDict, field: str, default=None):
+  """`config`'s dotted `field` ("optimizer.warmup_steps"); `default` where it is absent."""
+  *parents, leaf = field.split(".")
+  for p in parents:
+    config = config.get(p) or {}
+  return config.get(leaf, default)
+
+
+def in_epochs(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """{steps field: epochs} for each step count `config` gives in epochs."""
+  return {steps: get_field(config, epochs) for steps, epochs in IN_EPOCHS.items() if get_field(config, epochs, 0)}
+
+
+def in_steps(config: ml_collections.ConfigDict, train_examples: int) -> ml_collections.ConfigDict:
+  """`config` with every step count given in epochs converted to optimizer steps (at least one) of
+  `config.batch_size` over `train_examples`, and its epochs field set to 0."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for steps, epochs in in_epochs(config).items():
+    *parents, leaf = steps.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = max(1, round(epochs * train_examples / config.batch_size))
+    node[IN_EPOCHS[steps].split(".")[-1]] = 0.0
+  return config
+
+
 def _require(ok: bool, field: str, message: str) -> None:
   if not ok:
     raise ConfigError(f"config.{field} {message}")
@@ -73,10 +108,17 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
       value = value[part]
     if field in known:
       _require(value in known[field], field, f"={value!r} is unknown; choose one of {sorted(known[field])}")
+  for steps, epochs in IN_EPOCHS.items():
+    count, value = get_field(config, steps), get_field(config, epochs, 0)
+    _require(isinstance(value, (int, float)) and 0 <= value < math.inf, epochs,
+             f"={value!r} must be >= 0 and finite (0: {steps} counts in steps)")
+    _require(not (value and count), steps, f"={count!r} and config.{epochs}={value!r} are both set; keep one, e.g. "
+             f"--config.{epochs}=0 to count in steps")
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",
                 "keep_checkpoints"):
-    _require(isinstance(config[field], int) and config[field] > 0, field,
-             f"={config[field]!r} must be a positive integer; set --config.{field}=<n>")
+    if not (field in IN_EPOCHS and get_field(config, IN_EPOCHS[field], 0)):
+      _require(isinstance(config[field], int) and config[field] > 0, field,
+               f"={config[field]!r} must be a positive integer; set --config.{field}=<n>")
   _require(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", f"={config.seed!r} must be in [0, 2**31)")
   _require(isinstance(config.dataset.eval_limit, int) and config.dataset.eval_limit >= 0, "dataset.eval_limit",
            f"={config.dataset.eval_limit!r} must be >= 0 (0: the whole test split)")
@@ -118,6 +160,6 @@ def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
     a, b = int(first), int(last or first)
   except ValueError:
     a = b = 0
-  _require(1 <= a <= b <= config.num_steps, "profile_steps",
+  _require(1 <= a <= b <= (config.num_steps or math.inf), "profile_steps",  # num_steps 0: still in epochs.
            f"={config.profile_steps!r} must be 'a:b' with 1 <= a <= b <= num_steps={config.num_steps}, e.g. '10:20'")
   return a, b

@@ -11,6 +11,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+import data
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _sums(graphdef: nnx.GraphDef, state: nnx.State, batch: dict) -> dict[str, jax.Array]:
@@ -61,3 +63,10 @@ def recalibrate(model: nnx.Module, batches: Iterable[dict], put: Callable[[dict]
   if count:
     nnx.update(model, jax.tree.map(lambda total: total / count, sums))
   return count
+
+
+def recalibrate_on(model: nnx.Module, train: data.Split, config, put: Callable[[dict], dict]) -> int:
+  """`recalibrate` on the first config.recalibrate_batches whole training batches of config.batch_size, in order and
+  not augmented (the same batches every time). Returns the number of batches read (0 without BatchNorm)."""
+  whole = min(config.recalibrate_batches, len(train) // config.batch_size)  # No padded batch.
+  return recalibrate(model, data.eval_batches(train, config.batch_size, whole * config.batch_size), put)

@@ -1,4 +1,4 @@
-"""A small Vision Transformer (pre-LayerNorm, mean-pooled tokens).
+"""A Vision Transformer (pre-LayerNorm; the head reads the mean of the tokens, or a class token as in ViT and DeiT).
 
 Every projection comes from the layer factory and has its own name:
 `patch_embed`, `block{i}/attn/{query,key,value,out}`, `block{i}/mlp/{fc1,fc2}`
@@ -59,13 +59,19 @@ class Block(nnx.Module):
 class ViT(nnx.Module):
 
   def __init__(self, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int, patch: int = 7,
-               dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_dim: int = 128, rngs: nnx.Rngs):
+               dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_dim: int = 128, pool: str = "mean",
+               rngs: nnx.Rngs):
+    """`pool`: mean (of the tokens) | cls (a learned class token before the patches; the head reads it)."""
     h, w, c = input_shape
     if h % patch or w % patch:
       raise ValueError(f"config.model.patch={patch} must divide the image size {h}x{w}")
-    self.patch, self.dtype = patch, layers.dtype
+    if pool not in ("mean", "cls"):
+      raise ValueError(f"config.model.pool={pool!r} is unknown; choose mean or cls")
+    self.patch, self.dtype, self.pool = patch, layers.dtype, pool
     self.patch_embed = layers.linear("patch_embed", patch * patch * c, dim, rngs=rngs)
-    self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), ((h // patch) * (w // patch), dim)))
+    tokens = (h // patch) * (w // patch) + (pool == "cls")
+    self.cls_token = nnx.Param(jnp.zeros((dim,))) if pool == "cls" else None  # 1-d: not weight-decayed.
+    self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (tokens, dim)))
     self.blocks = nnx.List([Block(layers, f"block{i}", dim, num_heads, mlp_dim, rngs=rngs) for i in range(depth)])
     self.norm = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.head = layers.linear("head", dim, num_classes, rngs=rngs)
@@ -74,7 +80,11 @@ class ViT(nnx.Module):
     b, h, w, c = x.shape
     p = self.patch
     x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
-    x = self.patch_embed(x) + self.pos_embed[...].astype(self.dtype)
+    x = self.patch_embed(x)
+    if self.cls_token is not None:
+      x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, x.shape[-1])), x], axis=1)
+    x = x + self.pos_embed[...].astype(self.dtype)
     for block in self.blocks:
       x = block(x)
-    return self.head(jnp.mean(self.norm(x), axis=1)).astype(jnp.float32)
+    x = self.norm(x)
+    return self.head(x[:, 0] if self.cls_token is not None else jnp.mean(x, axis=1)).astype(jnp.float32)

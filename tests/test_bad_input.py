@@ -19,6 +19,8 @@ CASES = {
     "unknown layer type": ({"layers.type": "sparse"}, "config.layers.type"),
     "zero batch size": ({"batch_size": 0}, "config.batch_size"),
     "negative steps": ({"num_steps": -3}, "config.num_steps"),
+    "steps and epochs both": ({"num_epochs": 2.0}, "--config.num_epochs=0"),
+    "negative epochs": ({"num_steps": 0, "num_epochs": -1.0}, "config.num_epochs"),
     "zero learning rate": ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate"),
     "unknown optimizer": ({"optimizer.name": "lion"}, "config.optimizer.name"),
     "unknown wandb mode": ({"wandb.mode": "cloud"}, "config.wandb.mode"),

@@ -140,8 +140,8 @@ def test_epoch_batches_are_slices_of_per_epoch_permutations():
 def test_in_memory_and_read_splits_give_the_same_batches_also_from_worker_processes(tiny_data):
   flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags (train.py parses them).
   fields = {"data_dir": tiny_data["dataset.data_dir"], "idx_dir": tiny_data["dataset.idx_dir"]}
-  in_memory = data.Split(fashion_mnist.load("train", **fields), fashion_mnist.collate)
-  read = data.Split(fashion_mnist.load("train", **fields), fashion_mnist.collate)
+  in_memory = data.Split(fashion_mnist.load("train", **fields), data.DATASETS["fashion_mnist"].collate)
+  read = data.Split(fashion_mnist.load("train", **fields), data.DATASETS["fashion_mnist"].collate)
   assert in_memory.in_memory
   read.in_memory = False  # As a split too large for memory.
   iterators = [pipeline.train_iterator(in_memory, 32, seed=1), pipeline.train_iterator(read, 32, seed=1),

@@ -16,6 +16,7 @@ import data
 import eval as eval_lib
 import tests.mock_tfds  # noqa: F401 - its patch of TFDS's mock, for the in-process mock here.
 from experiment import build, evaluation, metrics, sharding
+from experiment import config as config_lib
 from tests.conftest import assert_same_run, run, saved_state
 
 SHORT = {"batch_size": 8, "eval_batch_size": 8, "num_steps": 8, "log_every": 4, "eval_every": 4,
@@ -73,3 +74,22 @@ def test_a_batch_norm_model_recalibrates_after_a_shrink_and_resumes_bit_identica
     shutil.rmtree(resumed / "checkpoints" / str(step))
   assert "Resumed from step 6" in mock_train(config, resumed, SHRINKING).stderr
   assert_same_run(straight, resumed, 12)
+
+
+@pytest.mark.parametrize("name, examples, steps", [
+    ("imagenet_resnet50_maestro", 12_800, {"num_steps": 4500, "eval_every": 50, "checkpoint_every": 50,
+                                           "lowrank.shrink_every": 50, "lowrank.dense_warmup_steps": 50}),
+    ("imagenet_vit_b16_nm", 2_560, {"num_steps": 3500, "eval_every": 50, "optimizer.warmup_steps": 150}),
+])
+def test_paper_configs_count_epochs_of_the_train_split_they_read(name, examples, steps):
+  """Converted from the train split's size at the start of a run (train.py); a schedule of an unconverted config
+  is refused, not silently one step long."""
+  config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
+  build.check(config)
+  with pytest.raises(config_lib.ConfigError, match="in epochs"):
+    build.learning_rate(config)
+  converted = config_lib.in_steps(config, examples)
+  assert {field: config_lib.get_field(converted, field) for field in steps} == steps
+  assert not config_lib.in_epochs(converted)
+  build.check(converted)
+  assert build.learning_rate(converted)(0) >= 0

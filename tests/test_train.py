@@ -36,6 +36,20 @@ def test_smoke_run_writes_metrics_checkpoints_plots_and_evaluates(tmp_path, tiny
   assert missing.returncode != 0 and "available steps: [10, 20]" in missing.stderr
 
 
+def test_epochs_are_steps_of_the_train_splits_real_size(tmp_path, tiny_data):
+  """num_epochs and the other *_epochs count the train split a run reads (here 224 examples in batches of 32: 7
+  steps an epoch), whatever size the config file assumed; the saved config is in steps."""
+  workdir = tmp_path / "run"
+  epochs = {"num_steps": 0, "num_epochs": 2.0, "eval_every": 0, "eval_every_epochs": 1.0, "checkpoint_every": 0,
+            "checkpoint_every_epochs": 0.5, "log_every": 7}
+  result = run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides={**tiny_data, **epochs})
+  assert "num_epochs=2 -> num_steps=14" in result.stderr
+  saved = json.loads((workdir / "config.json").read_text())
+  assert (saved["num_steps"], saved["eval_every"], saved["checkpoint_every"], saved["num_epochs"]) == (14, 7, 4, 0)
+  assert [r["step"] for r in metrics.read(workdir / "metrics.jsonl") if "eval/accuracy" in r] == [7, 14]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-2:] == [12, 14]
+
+
 MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at step 5 (and later), before the kill.
 
