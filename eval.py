@@ -57,14 +57,13 @@ from absl import app, flags, logging
 from flax import nnx
 
 import data
-from experiment import build, evaluation, metrics, plots, report, sharding, sweeps
+from experiment import build, evaluation, export, metrics, plots, report, sharding, sweeps
 from experiment import config as config_lib
-from experiment import method as method_lib
+from experiment import methods
 from experiment import workdir as workdir_lib
 from experiment.checkpoint import Checkpoints
 from lowrank import deploy, maestro
 from models import lm
-from sparsity import export as nm_export
 from sparsity.training import nm_layers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a train.py run.")
@@ -195,10 +194,10 @@ def _linked(checkpoints: Checkpoints, copy: Checkpoints, step: int) -> bool:
 
 
 def _read(checkpoints: Checkpoints, config, step: int, mesh) -> tuple[nnx.Module, nnx.Optimizer]:
-  dense = step < build.dense_warmup_steps(config)  # Saved during a low-rank run's dense warm-up (train.py).
+  dense = step < methods.dense_warmup_steps(config)  # Saved during a low-rank run's dense warm-up (train.py).
   model = build.model(config, dense=dense)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  method = method_lib.Method() if dense else method_lib.build(config, model)
+  method = methods.Method() if dense else methods.build(config, model)
   method.restore(model, optimizer, checkpoints.restore_method(step))
   like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
   model_state, optimizer_state = checkpoints.restore_state(step, like)
@@ -319,8 +318,8 @@ def svd_truncation(dense: nnx.Module, config, ranks: dict[str, int], test) -> tu
   """Post-hoc SVD truncation of a dense model at the ranks of a low-rank run of `config`, and its test result."""
   full_rank = copy.deepcopy(config)  # The low-rank run's layers at their starting (full) rank.
   full_rank.layers.rank_ratio, full_rank.layers.ranks = 1.0, {}
-  svd = deploy.from_dense(dense, full_rank)
-  truncated = deploy.export(svd, config, ranks)[0]
+  svd = export.from_dense(dense, full_rank)
+  truncated = export.sliced(svd, config, ranks)[0]
   return truncated, test(truncated)
 
 
@@ -407,8 +406,7 @@ def main(argv) -> None:
     if _EXPORTED.value:
       folder = pathlib.Path(_EXPORTED.value)
       exported = json.loads((folder / "export.json").read_text())
-      load = nm_export.load if exported.get("format") == "nm" else deploy.load_exported
-      model, config = load(folder)
+      model, config = export.load(folder)
       step, workdir = exported["step"], folder
     elif _WORKDIR.value:
       workdir = pathlib.Path(_WORKDIR.value)
@@ -438,12 +436,12 @@ def main(argv) -> None:
   report = {"step": step, "params/total": build.count_params(model), **{f"eval/{k}": v for k, v in result.items()}}
   rows = [{"run": workdir.name, "step": step, "params": report["params/total"], column: result[key]}]
   if lowrank_model:
-    report["macs"] = deploy.forward_macs(model, config)
+    report["macs"] = export.forward_macs(model, config)
     report["ranks"] = maestro.ranks(model)
 
   if fractions:
     test_cut = recalibrated(test, config, splits.train, put)
-    sweep = deploy.rank_sweep(model, config, fractions, test_cut)
+    sweep = export.rank_sweep(model, config, fractions, test_cut)
     if baseline is not None:
       for row in sweep:
         row |= {f"svd_{k}": v for k, v in svd_truncation(baseline, config, row["ranks"], test_cut)[1].items()}
@@ -456,24 +454,26 @@ def main(argv) -> None:
   if _BUDGET.value:
     held_out = next(data.eval_batches(splits.validation, min(_SEARCH_EXAMPLES.value, len(splits.validation))))
     score = lambda m: evaluation.evaluate(m, [held_out], put)["accuracy"]
-    chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score, config)
-    searched, _ = deploy.export(model, config, chosen)
+    chosen = deploy.greedy_rank_search(model, _BUDGET.value * report["macs"], score,
+                                         lambda m: export.forward_macs(m, config))
+    searched, _ = export.sliced(model, config, chosen)
     report["greedy_search"] = {"budget": _BUDGET.value, "ranks": chosen, "params": build.count_params(searched),
-                               "macs": deploy.forward_macs(searched, config), "accuracy": test(searched)["accuracy"]}
+                               "macs": export.forward_macs(searched, config), "accuracy": test(searched)["accuracy"]}
     rows.append({"greedy search": f"≤{_BUDGET.value:g} MACs", "params": report["greedy_search"]["params"],
                  "MACs": int(report["greedy_search"]["macs"]), "test accuracy": report["greedy_search"]["accuracy"]})
   if _EXPORT.value and nm_model:
-    summary = nm_export.export(model, config, pathlib.Path(_EXPORT.value), {"step": step, "accuracy": result["accuracy"]})
+    summary = export.save_nm(pathlib.Path(_EXPORT.value), model, config,
+                             {"step": step, "accuracy": result["accuracy"]})
     report["export"] = {"folder": _EXPORT.value, **summary}
     b = summary["bytes"]
     rows.append({"export": _EXPORT.value, "N:M kernels (bytes)": b["nm_kernels_packed"],
                  "dense (bytes)": b["nm_kernels_dense"], "ratio": b["nm_kernels_packed"] / b["nm_kernels_dense"],
                  "model (bytes)": b["model_packed"], "model dense (bytes)": b["model_dense"]})
   elif _EXPORT.value:
-    exported, exported_config = deploy.export(model, config, chosen)
+    exported, exported_config = export.sliced(model, config, chosen)
     summary = {"step": step, "ranks": chosen, "params": build.count_params(exported),
-               "macs": deploy.forward_macs(exported, config), "accuracy": test(exported)["accuracy"]}
-    deploy.save_exported(pathlib.Path(_EXPORT.value), exported, exported_config, summary)
+               "macs": export.forward_macs(exported, config), "accuracy": test(exported)["accuracy"]}
+    export.save_lowrank(pathlib.Path(_EXPORT.value), exported, exported_config, summary)
     report["export"] = {"folder": _EXPORT.value, **summary}
 
   (workdir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -3,6 +3,8 @@
   python train.py --config configs/fmnist_mlp_dense.py --workdir runs/mlp
   python train.py --config configs/fmnist_mlp_dense.py:smoke --workdir /tmp/smoke --config.seed=1
 
+or from Python, `train.train(config, workdir)` (returns the last metrics row).
+
 `--workdir` is the resume key: if it holds a checkpoint, training continues
 from it and reproduces the uninterrupted run bit for bit (same machine), however
 the previous process ended (a kill, a crash, a preemption). One train.py at a
@@ -26,8 +28,8 @@ def _interrupted_before_training(*_) -> None:
   os._exit(130)
 
 
-signal.signal(signal.SIGINT, _interrupted_before_training)  # No traceback, also during the imports below; from the
-# first step on, a Ctrl-C saves and stops (_StopWatch).
+if __name__ == "__main__":  # No traceback, also during the imports below; from the first step on, a Ctrl-C saves
+  signal.signal(signal.SIGINT, _interrupted_before_training)  # and stops (_StopWatch).
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -35,48 +37,56 @@ import tqdm  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from flax import nnx  # noqa: E402
+import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import data  # noqa: E402
 from experiment import build, evaluation, metrics, plots, sharding, sweeps  # noqa: E402
 from experiment import config as config_lib  # noqa: E402
-from experiment import method as method_lib  # noqa: E402
+from experiment import methods  # noqa: E402
 from experiment import workdir as workdir_lib  # noqa: E402
 from experiment.checkpoint import CheckpointError, Checkpoints  # noqa: E402
 from experiment.step import count_compilations, flops, make_observe_step, make_train_step  # noqa: E402
-from lowrank import deploy  # noqa: E402
 
 IN_FLIGHT = 2  # Train steps dispatched ahead of the one the device has finished.
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Continue the run in --workdir although the config differs from its config.json "
-    "(which is then kept as config.before_step_<n>.json).")
+
+
+class NonFinite(RuntimeError):
+  """A non-finite loss or gradient stopped the run (the message names the step and what was kept)."""
 
 
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.FATAL)  # Orbax logs every file it writes at INFO, and a failed write's traceback
   # at ERROR from its threads; train.py reports a failure itself, in one line.
-  config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
-  started = time.time()
-  try:  # Every user error surfaces here, before compilation and before the workdir is touched.
-    sharding.initialize(config)
-    build.check(config)
-    splits = build.datasets(config)
-    for split in splits:
-      split.preload()
-    if epochs := config_lib.in_epochs(config):  # Counted from here on in steps, the train split's real size.
-      config = config_lib.in_steps(config, len(splits.train))
-      print(f"Epochs of {len(splits.train):,} training examples in steps of {config.batch_size}: " + ", ".join(
-          f"{config_lib.IN_EPOCHS[f]}={e:g} -> {f}={config_lib.get_field(config, f)}" for f, e in epochs.items()),
-          file=sys.stderr)
-    model = build.model(config)
-    method = method_lib.build(config, model)
-    is_main = jax.process_index() == 0
-    changes = workdir_lib.claim(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value, lock=is_main)
-  except (config_lib.ConfigError, data.DataError) as e:
+  try:
+    train(_CONFIG.value, pathlib.Path(_WORKDIR.value), allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (config_lib.ConfigError, data.DataError, NonFinite) as e:
     sys.exit(f"error: {e}")
+
+
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
+          allow_config_change: bool = False) -> dict[str, float]:
+  """Trains the run of `config` in `workdir`, or resumes it from its newest whole checkpoint; returns its last
+  metrics row (this process's: {} on all but the first of several), also after a SIGTERM or Ctrl-C saved and
+  stopped it. A user's mistake is a ConfigError or DataError raised before anything is compiled or written; a
+  non-finite update, NonFinite."""
+  started = time.time()
+  # Every user error surfaces here, before compilation and before the workdir is touched.
+  sharding.initialize(config)
+  build.check(config)
+  splits = build.datasets(config)
+  for split in splits:
+    split.preload()
+  if epochs := config_lib.in_epochs(config):  # Counted from here on in steps, the train split's real size.
+    config = config_lib.in_steps(config, len(splits.train))
+    print(f"Epochs of {len(splits.train):,} training examples in steps of {config.batch_size}: " + ", ".join(
+        f"{config_lib.IN_EPOCHS[f]}={e:g} -> {f}={config_lib.get_field(config, f)}" for f, e in epochs.items()),
+        file=sys.stderr)
+  model = build.model(config)
+  method = methods.build(config, model)
+  is_main = jax.process_index() == 0
+  changes = workdir_lib.claim(workdir, config, allow_change=allow_config_change, lock=is_main)
   mesh = sharding.mesh()
   put = sharding.batch_placer(mesh)
   place = lambda tree: sharding.place(tree, mesh, config.sharding)
@@ -91,21 +101,18 @@ def main(argv) -> None:
   for warning in damaged:
     print(f"warning: {warning}", file=sys.stderr)
   start = start or 0
-  warmup = build.dense_warmup_steps(config)
+  warmup = methods.dense_warmup_steps(config)
   if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
-    model, method = build.model(config, dense=True), method_lib.Method()
+    model, method = build.model(config, dense=True), methods.Method()
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   window: list[dict] = []  # Per-step metrics since the last log step (device arrays until fetched; means logged).
-  try:
-    method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
-    (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-    state = place((model_state, opt_state))
-    if start:
-      state, data_state, window = checkpoints.restore(start, state)
-      batches.set_state(data_state)
-      print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
+  method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  state = place((model_state, opt_state))
+  if start:
+    state, data_state, window = checkpoints.restore(start, state)
+    batches.set_state(data_state)
+    print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
   if is_main and (start == 0 or changes):
     workdir_lib.save_config(config, workdir, replaced=f"config.before_step_{start}.json" if changes else None)
   if is_main:
@@ -142,8 +149,8 @@ def main(argv) -> None:
         checkpoints.close()  # A save in progress (of an earlier, finite state) ends whole.
         last = checkpoints.latest_step()
         kept = f"the last good checkpoint (step {last}) is intact in {workdir}" if last else "no checkpoint was written"
-        sys.exit(f"error: non-finite {bad} at step {at}; stopped without saving, {kept}; "
-                 f"lower --config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
+        raise NonFinite(f"non-finite {bad} at step {at}; stopped without saving, {kept}; lower "
+                        f"--config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
     return host
 
   make_step = lambda method: make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite,
@@ -191,9 +198,10 @@ def main(argv) -> None:
     if step < config.num_steps and (step == warmup or method.host_update_due(step)):
       window = fetched(window, step)  # A non-finite state is neither shrunk nor switched.
       sync_model()
-      if step == warmup:  # End of the dense warm-up: switch to the SVD factors, fresh moments.
-        model = deploy.from_dense(model, config)
-        method = method_lib.build(config, model)
+      if step == warmup:  # End of the dense warm-up: switch to the method's model (Maestro: the SVD), fresh moments.
+        dense, model = model, build.model(config)
+        methods.spec_of(config).switch(dense, model)
+        method = methods.build(config, model)
         optimizer = build.optimizer_at(model, config, step)
         train_step = make_step(method)
         observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
@@ -214,28 +222,30 @@ def main(argv) -> None:
       checkpoints.close()
       print(f"Stopped by {stopping.by} after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
             f"command to resume", file=sys.stderr)
-      return
+      return metrics.read(writer.path)[-1] if is_main else {}
   bar.close()
   writer.close()
   batches.close()  # Its reading threads and worker processes.
   checkpoints.close()  # The last save's files and manifest written; older checkpoints deleted.
 
-  if is_main:
-    final = metrics.read(workdir / "metrics.jsonl")[-1]
-    plots.training_curves(workdir)
-    plots.ranks(workdir)
-    plots.sparsity(workdir)
-    print(metrics.table([{
-        "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
-        "params": int(final.get("params/effective", build.count_params(model))), "steps": config.num_steps,
-        **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
-        "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
-        "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
-        "val accuracy": final.get("val/accuracy", float("nan")),
-        "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
-        **({"test bits/char": final["eval/bits_per_char"]} if "eval/bits_per_char" in final else {}),
-    }]))
-    print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
+  if not is_main:
+    return {}
+  final = metrics.read(workdir / "metrics.jsonl")[-1]
+  plots.training_curves(workdir)
+  plots.ranks(workdir)
+  plots.sparsity(workdir)
+  print(metrics.table([{
+      "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
+      "params": int(final.get("params/effective", build.count_params(model))), "steps": config.num_steps,
+      **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
+      "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
+      "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
+      "val accuracy": final.get("val/accuracy", float("nan")),
+      "test accuracy": final.get("eval/accuracy", float("nan")), "test loss": final.get("eval/loss", float("nan")),
+      **({"test bits/char": final["eval/bits_per_char"]} if "eval/bits_per_char" in final else {}),
+  }]))
+  print(f"Wrote {workdir}/metrics.jsonl, {workdir}/plots/ and checkpoints in {workdir}/checkpoints")
+  return final
 
 
 class _StopWatch:
@@ -291,7 +301,12 @@ def _peak_memory() -> dict[str, float]:
   return peak
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # The flags only here: train() is also a function other code imports.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, plots; resumes if it has a checkpoint.")
+  _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+      "allow_config_change", False, "Continue the run in --workdir although the config differs from its config.json "
+      "(which is then kept as config.before_step_<n>.json).")
   flags.mark_flags_as_required(["config", "workdir"])
   try:
     app.run(main, flags_parser=config_lib.parse_flags)

@@ -5,11 +5,11 @@ N:M models packed for deployment against dense.
   python benchmarks/inference.py [--models=mlp,cnn] [--fractions=0.5,0.25,0.1] [--batches=1,1024] [--repeats=7]
 
 Low rank: the model of configs/fmnist_<model>_maestro.py exported by
-`lowrank.deploy.export` (factors sliced; a layer goes back to one dense kernel
+`experiment.export.sliced` (factors sliced; a layer goes back to one dense kernel
 where that is cheaper) with every LoD layer at `fraction` of its dense
 parameters, against the dense model of the same config; the jitted forward
 pass, one random batch, round-robin timing in one process, median of `repeats`
-rounds. N:M: `sparsity.export.export` of configs/fmnist_<model>_nm.py at 2:4,
+rounds. N:M: `experiment.export.save_nm` of configs/fmnist_<model>_nm.py at 2:4,
 1:4, 1:8 and 1:16 for the MLP and the ViT (values plus uint8 in-group positions). Prints tables and
 writes benchmarks/results/inference.json.
 """
@@ -27,10 +27,9 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from experiment import build, metrics  # noqa: E402
-from experiment import method as method_lib  # noqa: E402
+from experiment import build, export, metrics  # noqa: E402
+from experiment import methods  # noqa: E402
 from lowrank import deploy  # noqa: E402
-from sparsity import export as nm_export  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "cnn"], "Low-rank: mlp, cnn and/or vit (configs/fmnist_<model>_maestro.py).")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.5", "0.25", "0.1"], "Low-rank sizes, as fractions of the dense parameters.")
@@ -58,7 +57,7 @@ def lowrank_rows(name: str, fractions: list[float], batches: list[int]) -> list[
   config = importlib.import_module(f"configs.fmnist_{name}_maestro").get_config()
   dense = build.model(config, dense=True)
   full = build.model(config)
-  exported = {f"{f:g} of dense": deploy.export(full, config, deploy.param_fraction_ranks(full, f))[0]
+  exported = {f"{f:g} of dense": export.sliced(full, config, deploy.param_fraction_ranks(full, f))[0]
               for f in fractions}
   rows = []
   for batch in batches:
@@ -83,9 +82,9 @@ def nm_rows(name: str) -> list[dict]:
   for n, m in PATTERNS:
     config = module.get_config(f"method=srste,n={n},m={m}")
     model = build.model(config)
-    method_lib.build(config, model).restore(model, nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param), {})
+    methods.build(config, model).restore(model, nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param), {})
     with tempfile.TemporaryDirectory() as folder:
-      size = nm_export.export(model, config, pathlib.Path(folder), {})["bytes"]
+      size = export.save_nm(pathlib.Path(folder), model, config, {})["bytes"]
       file_bytes = (pathlib.Path(folder) / "weights.npz").stat().st_size
     rows.append({"model": name, "pattern": f"{n}:{m}", "N:M kernels dense (MB)": size["nm_kernels_dense"] / 1e6,
                  "N:M kernels packed (MB)": size["nm_kernels_packed"] / 1e6,

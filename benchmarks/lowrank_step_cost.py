@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 from benchmarks import timing  # noqa: E402
 from experiment import build, metrics, sharding  # noqa: E402
 from experiment import config as config_lib  # noqa: E402
-from experiment import method as method_lib  # noqa: E402
+from experiment import methods  # noqa: E402
 from experiment.step import count_compilations, make_train_step  # noqa: E402
 from lowrank import deploy, maestro  # noqa: E402
 
@@ -61,7 +61,7 @@ def compilations(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> dic
   """Compilations of the ordered-dropout train step after 100 steps, then after each of two shrinks (10 steps each)."""
   model = build.model(config)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  step = make_train_step(method_lib.build(config, model), 0, mesh)
+  step = make_train_step(methods.build(config, model), 0, mesh)
   compiled, counts = count_compilations(), {}
   for event, steps, shrink_to in (("100 steps with rank sampling", 100, None), ("after shrink 1", 10, 0.5),
                                   ("after shrink 2", 10, 0.25)):
@@ -82,7 +82,7 @@ def step_cost_rows(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> l
   fraction of `ranks`)."""
   runs, costs, params = {}, {}, {}
   dense = build.model(config, dense=True)
-  runs["dense"], step, args = trainer(config, dense, batch, mesh, method=method_lib.Method())
+  runs["dense"], step, args = trainer(config, dense, batch, mesh, method=methods.Method())
   costs["dense"], params["dense"] = timing.xla_cost(step, *args), build.count_params(dense)
   for fraction in [1.0, *ranks]:
     for step_name in _KINDS.value:

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from experiment import build, sharding, sweeps
-from experiment import method as method_lib
+from experiment import methods
 from experiment.step import flops, make_train_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -36,7 +36,7 @@ def random_batch(config, mesh, size: int, seed: int = 0) -> dict:
 def train_setup(config, model, mesh, layout: str = "data", method=None):
   """train.py's jitted train step for `model` trained by `config` (`method`: default, the config's), and its
   arguments but the batch and step: (method, step, model_def, opt_def, placed state)."""
-  method = method or method_lib.build(config, model)
+  method = method or methods.build(config, model)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method.restore(model, optimizer, {})
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)

@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from experiment import methods
 from experiment.config import IN_EPOCHS, get_field, parse_arg, parse_like
 
 TRAIN_EXAMPLES = 55_000  # Fashion-MNIST's default train split, train[:55000].
@@ -87,9 +88,9 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.model.name == "vit" and c.model.dim > 128:  # ViT-S/B: a small transformer over the same patches.
     c.model.update(dim=64, depth=2, num_heads=2, mlp_dim=128)
   c.recalibrate_batches = min(c.recalibrate_batches, 2)
-  if "lowrank" in c:
-    c.lowrank.shrink_every = 10 if c.lowrank.shrink_every or c.lowrank.shrink_every_epochs else 0
-    c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps or c.lowrank.dense_warmup_epochs else 0
+  for spec in methods.REGISTRY.values():  # Every method the config has a section of (sweeps switch between them).
+    if spec.section in c:
+      spec.smoke(c)
   for field in IN_EPOCHS.values():  # Every step count above is in steps.
     if get_field(c, field) is not None:
       *parents, leaf = field.split(".")
@@ -108,20 +109,16 @@ def austen_lm(*, num_steps: int, batch_size: int, learning_rate: float, model: d
 
 def maestro(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], group_lasso: float, shrink_eps: float,
             sampler: str = "single_layer", shrink_every_epochs: float = 1.0) -> ml_collections.ConfigDict:
-  """Turns a dense config into Maestro: LoD layers everywhere but `keep_dense`."""
-  c.layers = dict(type="lowrank", keep_dense=keep_dense, rank_ratio=1.0, ranks={}, init="spectral")
-  c.lowrank = dict(
-      sampler=sampler,            # single_layer | independent | fixed_ratio | none
-      fixed_ratio=0.25,           # ρ of the fixed_ratio (Pufferfish-style) sampler.
-      group_lasso=group_lasso,    # λ of the hierarchical group lasso.
-      hierarchical=True,          # False: the plain group lasso Σ_i ||d_i|| + ||u_i||.
-      distill=False,              # True: CE(full) + CE(sampled, softmax(full)) instead of CE(sampled).
-      shrink_every=0 if c.num_epochs else epochs(shrink_every_epochs, c.batch_size),  # 0: never shrink.
-      shrink_every_epochs=shrink_every_epochs if c.num_epochs else 0.0,  # > 0: shrink_every in epochs.
-      shrink_eps=shrink_eps,      # Keep components with importance >= this.
-      dense_warmup_steps=0,       # > 0: train dense this long, then switch to the SVD factors.
-      dense_warmup_epochs=0.0,    # > 0: dense_warmup_steps in epochs.
-  )
+  """Turns a dense config into Maestro: LoD layers everywhere but `keep_dense`, config.lowrank's fields
+  (experiment/methods/maestro.py) with a shrink every `shrink_every_epochs` (in steps where the config counts
+  steps)."""
+  c.layers = dict(methods.REGISTRY["lowrank"].layer_options, type="lowrank", keep_dense=keep_dense)
+  c.lowrank = dict(methods.REGISTRY["lowrank"].defaults, sampler=sampler, group_lasso=group_lasso,
+                   shrink_eps=shrink_eps)
+  if c.num_epochs:
+    c.lowrank.shrink_every_epochs = shrink_every_epochs
+  else:
+    c.lowrank.shrink_every = epochs(shrink_every_epochs, c.batch_size)
   return c
 
 
@@ -134,20 +131,10 @@ def pufferfish(rank_ratio: float, batch_size: int = 256) -> dict:
 
 def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: int,
        method: str = "srste") -> ml_collections.ConfigDict:
-  """Turns a dense config into N:M training: N:M layers everywhere but `keep_dense`."""
-  c.layers = dict(type="nm", keep_dense=keep_dense, n=n, m=m,
-                  patterns={})         # {"fnmatch pattern": "n:m"}: per-layer-group N:M (first match wins).
-  c.nm = dict(
-      method=method,        # ste | srste | mdgf | sdgf | unstructured (magnitude, same density, STE)
-      decay="exp",          # mdgf (and sdgf with sdgf_decay): α(t) = exp(-k·t) | linear: max(1 - k·t, 0)
-      decay_coef=0.0,       # k per update of the sparse phase of T updates; 0: exp 5/T (α(T) = e^-5), linear 2/T.
-      mdgf_grad="ste",      # ste: the paper's backward | autodiff: through the soft mask (ablation)
-      structure="stepwise",  # sdgf: stepwise | geometric | densify
-      sdgf_decay=False,     # sdgf: also decay the mask (MDGF within the frames)
-      srste_decay=2e-4,     # λ_w of SR-STE
-      dense_warmup=0.0,     # Fraction of updates dense before the sparse phase.
-      finetune=0.0,         # Fraction of updates at the end with the binary target mask and STE.
-  )
+  """Turns a dense config into N:M training: N:M layers everywhere but `keep_dense`, config.nm's fields
+  (experiment/methods/nm.py)."""
+  c.layers = dict(methods.REGISTRY["nm"].layer_options, type="nm", keep_dense=keep_dense, n=n, m=m)
+  c.nm = dict(methods.REGISTRY["nm"].defaults, method=method)
   return c
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 import data
 import models
-from experiment import sharding
+from experiment import methods, sharding
 from experiment.config import IN_EPOCHS, ConfigError, check as check_fields, in_epochs
 
 OPTIMIZERS = {"adamw", "sgd"}
@@ -28,9 +28,10 @@ COMPUTE_DTYPES = {"float32", "bfloat16"}  # What layers compute in; parameters a
 def check(config: ml_collections.ConfigDict) -> None:
   check_fields(config, known={
       "model.name": list(models.MODELS),
-      "layers.type": list(models.LAYER_TYPES), "optimizer.name": list(OPTIMIZERS),
+      "layers.type": list(methods.REGISTRY), "optimizer.name": list(OPTIMIZERS),
       "compute_dtype": list(COMPUTE_DTYPES), "optimizer.schedule": list(SCHEDULES), "optimizer.decay": list(DECAY),
       "wandb.mode": list(WANDB_MODES), "sharding": list(sharding.KINDS)})
+  methods.check(config)
 
 
 def dataset(config: ml_collections.ConfigDict) -> data.Dataset:
@@ -91,11 +92,11 @@ def datasets(config: ml_collections.ConfigDict) -> Splits:
 
 def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
   """The configured model; `dense=True`: the same model with every layer dense."""
-  layers = {"type": "dense"} if dense else config.layers
+  layers = methods.layer_factory({"type": "dense"} if dense else config.layers, jnp.dtype(config.compute_dtype))
   spec = dataset(config)
   try:
     return models.build(config.model, layers, input_shape=spec.input_shape, num_classes=spec.num_classes,
-                        seed=config.seed, dtype=jnp.dtype(config.compute_dtype))
+                        seed=config.seed)
   except TypeError as e:  # A keyword the model or layer does not take.
     raise ConfigError(f"config.model / config.layers has a field the model does not take: {e}") from e
   except ValueError as e:  # Layers name the field in their message.
@@ -157,10 +158,6 @@ def ema_parameters(decay: float) -> optax.GradientTransformation:
 def ema_of(optimizer: nnx.Optimizer) -> optax.Params | None:
   """The EMA of the parameters the optimizer keeps (`ema_decay` > 0), else None."""
   return optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state), "ema", default=None)
-
-
-def dense_warmup_steps(config: ml_collections.ConfigDict) -> int:
-  return config.lowrank.get("dense_warmup_steps", 0) if config.layers.type == "lowrank" else 0
 
 
 def optimizer_at(model: nnx.Module, config: ml_collections.ConfigDict, step: int) -> nnx.Optimizer:

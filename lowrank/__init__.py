@@ -4,10 +4,11 @@ import jax.numpy as jnp
 
 from lowrank.group_lasso import group_lasso, hierarchical_group_lasso, rank_importance
 from lowrank.layers import LowRankConv, LowRankLinear, default_rank
+from lowrank.maestro import Maestro, kept_ranks, lod_layers, penalty, ranks, sample_ranks, set_active_ranks, slice_to
 
 
 def linear(in_features, out_features, *, rngs, name="", rank_ratio=1.0, ranks=None, init="spectral",
-           use_bias=True, dtype=jnp.float32, **_):
+           use_bias=True, dtype=jnp.float32):
   """The layer factory's `lowrank` linear: r_max = ranks[name] or ceil(rank_ratio · min(in, out))."""
   rank = default_rank(name, in_features, out_features, rank_ratio, ranks)
   return LowRankLinear(in_features, out_features, rank=rank, rngs=rngs, use_bias=use_bias, init=init, name=name,
@@ -15,9 +16,8 @@ def linear(in_features, out_features, *, rngs, name="", rank_ratio=1.0, ranks=No
 
 
 def conv(in_features, out_features, kernel_size, *, rngs, name="", rank_ratio=1.0, ranks=None, init="spectral",
-         dtype=jnp.float32, **kwargs):
+         strides=1, padding="SAME", use_bias=True, dtype=jnp.float32):
   """The factory's `lowrank` conv: r_max = ranks[name] or ceil(rank_ratio · min(out, in·k·k))."""
   rank = default_rank(name, kernel_size * kernel_size * in_features, out_features, rank_ratio, ranks)
-  kwargs = {k: v for k, v in kwargs.items() if k in ("strides", "padding", "dilation", "groups", "use_bias")}
-  return LowRankConv(in_features, out_features, kernel_size, rank=rank, rngs=rngs, init=init, name=name, dtype=dtype,
-                     **kwargs)
+  return LowRankConv(in_features, out_features, kernel_size, rank=rank, rngs=rngs, strides=strides, padding=padding,
+                     use_bias=use_bias, init=init, name=name, dtype=dtype)

@@ -1,16 +1,18 @@
 """Maestro training: ordered-dropout rank sampling, the group-lasso penalty
-and progressive shrinking, acting on a model's LoD layers (ALGORITHMS.md A2-A5)."""
+and progressive shrinking, acting on a model's LoD layers (ALGORITHMS.md A2-A5).
+
+`Maestro` is usable from any NNX training loop: its `loss` wraps the loop's
+forward pass inside the jitted step, `host_update` shrinks between steps (see
+examples/custom_loop.py); train.py builds it from `config.lowrank`.
+"""
 
 import fractions
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from experiment.config import ConfigError
-from experiment.method import Method
 from lowrank.group_lasso import group_lasso, hierarchical_group_lasso, rank_importance
 from lowrank.layers import LowRankConv, LowRankLinear
 
@@ -99,29 +101,36 @@ def slice_to(model: nnx.Module, new_ranks: dict[str, int], optimizer: nnx.Optimi
   nnx.update(optimizer, nnx.from_flat_state(flat))
 
 
-class Maestro(Method):
-  """config.lowrank: sampler, fixed_ratio, group_lasso (λ), hierarchical,
-  distill, shrink_every (0: never), shrink_eps."""
+class Maestro:
+  """Maestro's training hooks. `sampler` (SAMPLERS) draws the ordered-dropout ranks, `fixed_ratio` the
+  fixed_ratio sampler's ρ; `group_lasso`: λ of the (`hierarchical`) group lasso; `distill`: CE(full) +
+  CE(sampled, softmax(full)) instead of CE(sampled); every `shrink_every` updates (0: never) each layer keeps its
+  components of importance >= `shrink_eps`. A bad value is a ValueError naming the argument."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.c = config.lowrank
+  observes = False  # Nothing to record from the gradients (train.py's hook for methods that do).
+
+  def __init__(self, *, sampler: str = "single_layer", fixed_ratio: float = 0.25, group_lasso: float = 0.0,
+               hierarchical: bool = True, distill: bool = False, shrink_every: int = 0, shrink_eps: float = 0.0):
     checks = {
-        "sampler": (self.c.sampler in SAMPLERS, f"is unknown; choose one of {list(SAMPLERS)}"),
-        "fixed_ratio": (0 < self.c.fixed_ratio <= 1, "must be in (0, 1]"),
-        "group_lasso": (0 <= self.c.group_lasso < math.inf, "must be >= 0 and finite"),
-        "shrink_every": (self.c.shrink_every >= 0, "must be >= 0 (0: never shrink)"),
-        "shrink_eps": (0 <= self.c.shrink_eps < math.inf, "must be >= 0 and finite"),
-        "dense_warmup_steps": (self.c.dense_warmup_steps >= 0, "must be >= 0"),
+        "sampler": (sampler, sampler in SAMPLERS, f"is unknown; choose one of {list(SAMPLERS)}"),
+        "fixed_ratio": (fixed_ratio, 0 < fixed_ratio <= 1, "must be in (0, 1]"),
+        "group_lasso": (group_lasso, 0 <= group_lasso < math.inf, "must be >= 0 and finite"),
+        "shrink_every": (shrink_every, isinstance(shrink_every, int) and shrink_every >= 0,
+                         "must be an integer >= 0 (0: never shrink)"),
+        "shrink_eps": (shrink_eps, 0 <= shrink_eps < math.inf, "must be >= 0 and finite"),
     }
-    for field, (ok, requirement) in checks.items():
+    for field, (value, ok, requirement) in checks.items():
       if not ok:
-        raise ConfigError(f"config.lowrank.{field}={self.c[field]!r} {requirement}")
+        raise ValueError(f"{field}={value!r} {requirement}")
+    self.sampler, self.fixed_ratio, self.group_lasso, self.hierarchical = sampler, fixed_ratio, group_lasso, hierarchical
+    self.distill, self.shrink_every, self.shrink_eps = distill, shrink_every, shrink_eps
 
-  def loss(self, model, step, key, forward):
+  def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array, dict]:
+    """Inside the jitted step: (loss, logits, {"lowrank/group_lasso"}) of the model at ranks sampled from `key`.
+    `forward(model, soft_targets or None) -> (loss, logits)` is the loop's own forward pass and loss."""
     current = list(ranks(model).values())
-    sampled = sample_ranks(key, current, self.c.sampler, self.c.fixed_ratio)
-    extra = {}
-    if self.c.distill:  # CE(f_full, y) + CE(f_sampled, stop_grad(softmax(f_full)))
+    sampled = sample_ranks(key, current, self.sampler, self.fixed_ratio)
+    if self.distill:  # CE(f_full, y) + CE(f_sampled, stop_grad(softmax(f_full)))
       set_active_ranks(model, None)
       full_loss, full_logits = forward(model, None)
       set_active_ranks(model, sampled)
@@ -130,26 +139,33 @@ class Maestro(Method):
     else:
       set_active_ranks(model, sampled)
       loss, logits = forward(model, None)
-    reg = penalty(model, self.c.hierarchical)
+    reg = penalty(model, self.hierarchical)
     set_active_ranks(model, None)
-    extra["lowrank/group_lasso"] = reg
-    return loss + self.c.group_lasso * reg, logits, extra
+    return loss + self.group_lasso * reg, logits, {"lowrank/group_lasso": reg}
+
+  def observe(self, model, step, grads) -> None:
+    pass
 
   def host_update_due(self, step: int) -> bool:
-    return bool(self.c.shrink_every) and step % self.c.shrink_every == 0
+    """Whether `host_update` runs after update `step` (1-based; checked every step, cheap)."""
+    return bool(self.shrink_every) and step % self.shrink_every == 0
 
-  def host_update(self, step: int, model, optimizer) -> bool:
-    before, after = ranks(model), kept_ranks(model, self.c.shrink_eps)
+  def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> bool:
+    """Between steps, outside jit: shrinks every layer (and the optimizer state that mirrors it) to the components
+    of importance >= shrink_eps. True if a shape changed (a jitted step then compiles once for the new shapes)."""
+    before, after = ranks(model), kept_ranks(model, self.shrink_eps)
     if after == before:
       return False
     slice_to(model, after, optimizer)
     return True
 
-  def state(self, step, model) -> dict:
+  def state(self, step: int, model: nnx.Module) -> dict:
+    """What to save with a checkpoint (JSON): the kept ranks, which decide the shapes."""
     return {"ranks": ranks(model)}
 
-  def restore(self, model, optimizer, state: dict) -> None:
+  def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, state: dict) -> None:
+    """Before a checkpoint's arrays are restored into `model`: its shapes at the saved ranks ({}: a fresh start)."""
     slice_to(model, state.get("ranks", {}), optimizer)
 
-  def metrics(self, step, model) -> dict[str, float]:
+  def metrics(self, step: int, model: nnx.Module) -> dict[str, float]:
     return {f"rank/{name}": r for name, r in ranks(model).items()}

@@ -1,10 +1,9 @@
 """Models built from the layer factory."""
 
-import jax.numpy as jnp
 from flax import nnx
 
 from models.cnn import CNN
-from models.layers import LAYER_TYPES, LayerFactory
+from models.layers import LayerFactory
 from models.lm import LM
 from models.mlp import MLP
 from models.resnet import ResNet
@@ -14,11 +13,10 @@ from models.vit import ViT
 MODELS = {"mlp": MLP, "cnn": CNN, "vit": ViT, "lm": LM, "resnet": ResNet, "vgg": VGG}
 
 
-def build(model_config, layers_config, *, input_shape: tuple[int, ...], num_classes: int, seed: int,
-          dtype: jnp.dtype = jnp.float32) -> nnx.Module:
-  """Model from `config.model` (`name` + its keyword arguments) and `config.layers`, computing in `dtype`
-  (parameters float32, logits float32)."""
+def build(model_config, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int,
+          seed: int) -> nnx.Module:
+  """Model from `config.model` (`name` + its keyword arguments), its layers from `layers` (computing in
+  `layers.dtype`; parameters float32, logits float32)."""
   kwargs = dict(model_config)
   name = kwargs.pop("name")
-  layers = LayerFactory(**dict(layers_config), dtype=dtype)
   return MODELS[name](layers, input_shape=input_shape, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)

@@ -6,10 +6,12 @@ import jax.numpy as jnp
 
 from sparsity.layers import NMConv, NMLinear, Sparsity
 from sparsity.masks import nm_mask, unstructured_mask
+from sparsity.packing import pack, pack_model, unpack, unpack_into
 from sparsity.schedules import mask_decay, structure_decay_frames
+from sparsity.training import NMTraining, nm_layers
 
-__all__ = ["NMConv", "NMLinear", "Sparsity", "conv", "linear", "mask_decay", "nm_mask", "pattern_for",
-           "structure_decay_frames", "unstructured_mask"]
+__all__ = ["NMConv", "NMLinear", "NMTraining", "Sparsity", "conv", "linear", "mask_decay", "nm_layers", "nm_mask",
+           "pack", "pack_model", "pattern_for", "structure_decay_frames", "unpack", "unpack_into", "unstructured_mask"]
 
 
 def pattern_for(name: str, n: int, m: int, patterns: dict | None) -> tuple[int, int]:
@@ -32,16 +34,15 @@ def _checked(name: str, n, m) -> tuple[int, int]:
   return n, m
 
 
-def linear(in_features, out_features, *, rngs, name="", n=2, m=4, patterns=None, use_bias=True, dtype=jnp.float32,
-           **_):
+def linear(in_features, out_features, *, rngs, name="", n=2, m=4, patterns=None, use_bias=True, dtype=jnp.float32):
   """The layer factory's `nm` linear."""
   n, m = _checked(name, *pattern_for(name, n, m, patterns))
   return NMLinear(in_features, out_features, n=n, m=m, rngs=rngs, use_bias=use_bias, name=name, dtype=dtype)
 
 
 def conv(in_features, out_features, kernel_size, *, rngs, name="", n=2, m=4, patterns=None, strides=1,
-         padding="SAME", dtype=jnp.float32, **_):
+         padding="SAME", use_bias=True, dtype=jnp.float32):
   """The layer factory's `nm` conv (HWIO, groups along the input channels)."""
   n, m = _checked(name, *pattern_for(name, n, m, patterns))
   return NMConv(in_features, out_features, kernel_size, n=n, m=m, rngs=rngs, strides=strides, padding=padding,
-                name=name, dtype=dtype)
+                use_bias=use_bias, name=name, dtype=dtype)

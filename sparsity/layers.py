@@ -132,13 +132,14 @@ class NMConv(_NMKernel):
   at one spatial tap and one output channel."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, n: int, m: int, rngs: nnx.Rngs,
-               strides: int = 1, padding: str = "SAME", name: str = "", dtype: jnp.dtype = jnp.float32):
+               strides: int = 1, padding: str = "SAME", use_bias: bool = True, name: str = "",
+               dtype: jnp.dtype = jnp.float32):
     shape = (kernel_size, kernel_size, in_features, out_features)
     self._init_sparsity(nnx.initializers.lecun_normal()(rngs.params(), shape), n, m, 2, name, dtype)
-    self.bias = nnx.Param(jnp.zeros((out_features,)))
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.strides, self.padding = strides, padding
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), self.masked_kernel().astype(self.dtype), (self.strides,) * 2,
                                      self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + self.bias[...].astype(self.dtype)
+    return y + self.bias[...].astype(self.dtype) if self.bias is not None else y

@@ -3,17 +3,15 @@ dense warm-up, sparse and fine-tune phases (ALGORITHMS.md B2).
 
 The method decides, from the step alone, each N:M layer's `Sparsity` (pattern
 and gradient rule): it changes only at phase and SDGF frame boundaries, each a
-single recompilation. α(t) is computed inside the jitted step.
+single recompilation. α(t) is computed inside the jitted step. Usable from any
+NNX training loop (examples/custom_loop.py); train.py builds it from `config.nm`.
 """
 
+import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from experiment import build
-from experiment.config import ConfigError
-from experiment.method import Method
 from sparsity.layers import NMConv, NMLinear, Sparsity
 from sparsity.schedules import DECAYS, STRUCTURES, Phases, mask_decay, structure_decay_frames
 
@@ -28,44 +26,48 @@ def nm_layers(model: nnx.Module) -> list[tuple[tuple, NMLinear | NMConv]]:
 
 def _require(ok: bool, field: str, message: str) -> None:
   if not ok:
-    raise ConfigError(f"config.nm.{field}{message}")
+    raise ValueError(f"{field}{message}")
 
 
-class NMTraining(Method):
-  """config.nm: method, decay, decay_coef, mdgf_grad, structure, sdgf_decay,
-  srste_decay, dense_warmup, finetune (fractions of config.num_steps)."""
+class NMTraining:
+  """N:M training of `model`'s N:M layers over a run of `num_steps` updates: `method` (METHODS); MDGF's decay of α
+  (`decay` exp | linear, `decay_coef` k per update of the sparse phase, 0: exp 5/T, linear 2/T for its T updates;
+  `mdgf_grad` ste | autodiff); SDGF's `structure` (stepwise | geometric | densify; `sdgf_decay`: also decay the mask
+  within frames); SR-STE's λ_w `srste_decay`; `dense_warmup` and `finetune` as fractions of the updates. A bad
+  value is a ValueError naming the argument."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module):
-    c = self.c = config.nm
-    _require(c.method in METHODS, "method", f"={c.method!r} is unknown; choose one of {list(METHODS)}")
-    _require(c.decay in DECAYS, "decay", f"={c.decay!r} is unknown; choose one of {list(DECAYS)}")
-    _require(c.mdgf_grad in MDGF_GRADS, "mdgf_grad", f"={c.mdgf_grad!r} is unknown; choose one of {list(MDGF_GRADS)}")
-    _require(c.structure in STRUCTURES, "structure", f"={c.structure!r} is unknown; choose one of {list(STRUCTURES)}")
-    _require(c.decay_coef >= 0, "decay_coef", f"={c.decay_coef} must be >= 0")
-    _require(c.srste_decay >= 0, "srste_decay", f"={c.srste_decay} must be >= 0")
-    for field in ("dense_warmup", "finetune"):
-      _require(0 <= c[field] < 1, field, f"={c[field]} must be a fraction in [0, 1)")
-    self.phases = Phases.of(config.num_steps, c.dense_warmup, c.finetune)
-    _require(self.phases.sparse > 0, "dense_warmup", f" + finetune = {c.dense_warmup + c.finetune} leaves no sparse phase; "
-             "make their sum < 1")
-    self.log_every, self.num_steps = config.log_every, config.num_steps
+  def __init__(self, model: nnx.Module, *, num_steps: int, method: str = "srste", decay: str = "exp",
+               decay_coef: float = 0.0, mdgf_grad: str = "ste", structure: str = "stepwise", sdgf_decay: bool = False,
+               srste_decay: float = 2e-4, dense_warmup: float = 0.0, finetune: float = 0.0):
+    _require(method in METHODS, "method", f"={method!r} is unknown; choose one of {list(METHODS)}")
+    _require(decay in DECAYS, "decay", f"={decay!r} is unknown; choose one of {list(DECAYS)}")
+    _require(mdgf_grad in MDGF_GRADS, "mdgf_grad", f"={mdgf_grad!r} is unknown; choose one of {list(MDGF_GRADS)}")
+    _require(structure in STRUCTURES, "structure", f"={structure!r} is unknown; choose one of {list(STRUCTURES)}")
+    _require(decay_coef >= 0, "decay_coef", f"={decay_coef} must be >= 0")
+    _require(srste_decay >= 0, "srste_decay", f"={srste_decay} must be >= 0")
+    for field, value in (("dense_warmup", dense_warmup), ("finetune", finetune)):
+      _require(0 <= value < 1, field, f"={value} must be a fraction in [0, 1)")
+    self.method, self.decay, self.mdgf_grad, self.srste_decay = method, decay, mdgf_grad, srste_decay
+    self.phases = Phases.of(num_steps, dense_warmup, finetune)
+    _require(self.phases.sparse > 0, "dense_warmup", f" + finetune = {dense_warmup + finetune} leaves no sparse "
+             "phase; make their sum < 1")
     # k: as configured, or for this sparse phase of T updates: exp 5/T (α ends at e^-5), linear 2/T (0 from mid-phase).
-    self.decay_coef = c.decay_coef or (5.0 if c.decay == "exp" else 2.0) / self.phases.sparse
-    self.soft = c.method == "mdgf" or (c.method == "sdgf" and c.sdgf_decay)
+    self.decay_coef = decay_coef or (5.0 if decay == "exp" else 2.0) / self.phases.sparse
+    self.soft = method == "mdgf" or (method == "sdgf" and sdgf_decay)
     if not nm_layers(model):
-      raise ConfigError("config.layers.keep_dense keeps every layer dense, so config.layers.type='nm' has nothing to "
-                        "sparsify; narrow keep_dense")
+      raise ValueError("the model has no N:M layer (NMLinear, NMConv) to train")
     self.frames = {}  # layer name -> [(start t, n, m)] over the sparse phase.
     for _, layer in nm_layers(model):
       n, m = layer.target
       try:
-        frames = structure_decay_frames(n, m, c.structure, self.phases.sparse) if c.method == "sdgf" else [(0, n, m)]
+        frames = structure_decay_frames(n, m, structure, self.phases.sparse) if method == "sdgf" else [(0, n, m)]
       except ValueError as e:
-        raise ConfigError(f"config.nm.structure={c.structure!r}: layer {layer.name!r}: {e}") from e
+        raise ValueError(f"structure={structure!r}: layer {layer.name!r}: {e}") from e
       for _, _, fm in frames:
         _require(layer.kernel.shape[layer.axis] % fm == 0, "structure",
-                 f"={c.structure!r} needs groups of M={fm} in layer {layer.name!r}, whose {layer.kernel.shape[layer.axis]} "
-                 f"inputs are not divisible by it; keep the layer dense or choose another structure or N:M")
+                 f"={structure!r} needs groups of M={fm} in layer {layer.name!r}, whose "
+                 f"{layer.kernel.shape[layer.axis]} inputs are not divisible by it; keep the layer dense or choose "
+                 f"another structure or N:M")
       self.frames[layer.name] = frames
     starts = {self.phases.warmup + t for frames in self.frames.values() for t, _, _ in frames}
     self.boundaries = (starts | {self.phases.warmup + self.phases.sparse}) - {0}
@@ -76,17 +78,17 @@ class NMTraining(Method):
     if phase == "dense":
       return Sparsity(None)
     if phase == "finetune":
-      return Sparsity(layer.target, unstructured=self.c.method == "unstructured")
+      return Sparsity(layer.target, unstructured=self.method == "unstructured")
     t = done - self.phases.warmup
     _, n, m = [f for f in self.frames[layer.name] if f[0] <= t][-1]
-    grad = "srste" if self.c.method == "srste" else "autodiff" if self.soft and self.c.mdgf_grad == "autodiff" else "ste"
-    return Sparsity((n, m), grad=grad, srste_decay=self.c.srste_decay if grad == "srste" else 0.0, soft=self.soft,
-                    unstructured=self.c.method == "unstructured")
+    grad = "srste" if self.method == "srste" else "autodiff" if self.soft and self.mdgf_grad == "autodiff" else "ste"
+    return Sparsity((n, m), grad=grad, srste_decay=self.srste_decay if grad == "srste" else 0.0, soft=self.soft,
+                    unstructured=self.method == "unstructured")
 
   def alpha(self, step):
     """α of the update `step` (1-based); 0 where the mask is binary."""
     t = step - 1 - self.phases.warmup
-    return mask_decay(t, self.c.decay, self.decay_coef) if self.soft and self.phases.phase(step - 1) == "sparse" else 0.0
+    return mask_decay(t, self.decay, self.decay_coef) if self.soft and self.phases.phase(step - 1) == "sparse" else 0.0
 
   def _configure(self, done: int, model) -> bool:
     changed = False
@@ -96,13 +98,14 @@ class NMTraining(Method):
       layer.sparsity = new
     return changed
 
-  # --- the Method hooks ---
+  # --- the training hooks (lowrank.Maestro's) ---
 
-  def loss(self, model, step, key, forward):
+  def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array, dict]:
+    """Inside the jitted step: (loss, logits, {}); MDGF's α of update `step` set on the layers for the forward."""
     if not self.soft:
-      return super().loss(model, step, key, forward)
+      return (*forward(model, None), {})
     layers = [layer for _, layer in nm_layers(model)]
-    alpha = mask_decay(step - 1 - self.phases.warmup, self.c.decay, self.decay_coef)  # Traced: no recompilation.
+    alpha = mask_decay(step - 1 - self.phases.warmup, self.decay, self.decay_coef)  # Traced: no recompilation.
     for layer in layers:
       layer.alpha[...] = alpha
     loss, logits = forward(model, None)
@@ -112,8 +115,8 @@ class NMTraining(Method):
 
   observes = True
 
-  def observe(self, model, step, grads):
-    """Records each layer's mask for this update, the entries it flipped since
+  def observe(self, model: nnx.Module, step: jax.Array, grads: nnx.State) -> None:
+    """Jitted, at log steps only, with the gradients of the coming update: records each layer's mask for this update, the entries it flipped since
     the previous log step, and the squared gradient norms of its kept and pruned weights."""
     flat = dict(nnx.to_flat_state(grads))
     for path, layer in nm_layers(model):
@@ -124,16 +127,19 @@ class NMTraining(Method):
       layer.grad_sq[...] = jnp.stack([jnp.sum(jnp.where(mask, g_sq, 0.0)), jnp.sum(jnp.where(mask, 0.0, g_sq))])
 
   def host_update_due(self, step: int) -> bool:
+    """Whether `host_update` runs after update `step`: at phase and SDGF frame boundaries."""
     return step in self.boundaries
 
-  def host_update(self, step: int, model, optimizer) -> bool:
+  def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> bool:
+    """Each layer's pattern and gradient rule for the next phase or frame; True if one changed (a recompilation)."""
     return self._configure(step, model)
 
   def state(self, step: int, model) -> dict:
     return {"step": step, "phase": self.phases.phase(step), "alpha": float(self.alpha(step + 1)), "decay_coef": self.decay_coef,
             "patterns": {layer.name: list(layer.sparsity.pattern or ()) for _, layer in nm_layers(model)}}
 
-  def restore(self, model, optimizer, state: dict) -> None:
+  def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, state: dict) -> None:
+    """Each layer's configuration at the saved step ({}: a fresh start)."""
     self._configure(state.get("step", 0), model)
     if not state:  # A fresh start: the first flip rate counts changes from the initial mask.
       for _, layer in nm_layers(model):
@@ -150,6 +156,7 @@ class NMTraining(Method):
       entries += mask.size
       grad_sq += np.asarray(layer.grad_sq[...], np.float64)
     n, m = layers[0].sparsity.pattern or (1, 1)  # The first N:M layer's (1:1 while dense).
-    return {**out, "sparsity/total": pruned / build.count_params(model), "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
+    total = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return {**out, "sparsity/total": pruned / total, "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
             "nm/flip_rate": flips / entries, "nm/grad_norm_kept": float(np.sqrt(grad_sq[0])),
             "nm/grad_norm_pruned": float(np.sqrt(grad_sq[1]))}

@@ -28,7 +28,7 @@ from flax import nnx
 from configs import fmnist_mlp_dense
 from data import idx
 from experiment import build, metrics, sharding
-from experiment import method as method_lib
+from experiment import methods
 from experiment.checkpoint import Checkpoints
 from experiment.step import make_train_step
 from tests.conftest import ROOT, assert_one_line_error, assert_same_run, run, saved_state, snapshot, write_idx_set
@@ -358,7 +358,7 @@ def test_skip_nonfinite_keeps_the_state_of_a_nan_batch_and_counts_it():
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   mesh = sharding.mesh()
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  step = make_train_step(method_lib.Method(), 0, mesh, skip_nonfinite=True)
+  step = make_train_step(methods.Method(), 0, mesh, skip_nonfinite=True)
   rng = np.random.default_rng(0)
   good = {"inputs": rng.random((32, 28, 28, 1), np.float32), "targets": rng.integers(0, 10, 32).astype(np.int32)}
   bad = {**good, "inputs": np.where(np.arange(32)[:, None, None, None] == 3, np.nan, good["inputs"]).astype(np.float32)}

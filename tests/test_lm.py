@@ -53,6 +53,7 @@ def test_builder_errors_name_the_folder_or_the_character(tmp_path):
     austen.encode("café")
 
 
+@pytest.mark.slow  # The language model's other tests train it (N:M, Maestro); this one trains it to sample.
 def test_dense_lm_trains_reports_bits_per_char_and_samples(tiny_austen, tmp_path):
   overrides, _ = tiny_austen
   workdir = tmp_path / "lm"

@@ -15,7 +15,7 @@ import data
 from configs import fmnist_mlp_dense, fmnist_mlp_maestro
 from data import fashion_mnist, pipeline
 from experiment import build, metrics, sharding
-from experiment import method as method_lib
+from experiment import methods
 from experiment.step import count_compilations, make_train_step
 from tests.conftest import assert_one_line_error, run, saved_state
 
@@ -28,7 +28,7 @@ def _batch(size: int, seed: int = 0) -> dict:
 def _steps(config, micro: int, steps: int = 3):
   """`steps` train steps of `config`'s model with `micro` micro-batches: (metrics of each step, final params)."""
   model, mesh = build.model(config), sharding.mesh()
-  method = method_lib.build(config, model)
+  method = methods.build(config, model)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method.restore(model, optimizer, {})
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)

@@ -61,11 +61,12 @@ def test_rank_sweep_svd_baseline_search_and_export(maestro_run, tmp_path, tiny_d
 
 def test_export_turns_layers_dense_where_that_is_cheaper(tmp_path, maestro_run):
   from eval import restore
-  from lowrank import deploy, maestro
+  from experiment import export
+  from lowrank import maestro
   model, config, _ = restore(maestro_run, None, sharding.mesh())
   current = maestro.ranks(model)
   chosen = {"fc1": current["fc1"], "fc2": 8}  # fc1 near full rank: cheaper as a dense 784x1024 kernel.
-  exported, exported_config = deploy.export(model, config, chosen)
+  exported, exported_config = export.sliced(model, config, chosen)
   assert "fc1" in exported_config.layers.keep_dense and dict(exported_config.layers.ranks) == {"fc2": 8}
   assert exported.hidden[0].kernel.shape == (784, 1024) and exported.hidden[1].down.shape == (1024, 8)
   x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)

@@ -6,12 +6,15 @@ import pytest
 from flax import nnx
 
 import models
+from experiment import methods
+from experiment.config import ConfigError
 from models.layers import LayerFactory
+from sparsity import NMLinear
 
 
 @pytest.mark.parametrize("name", sorted(set(models.MODELS) - {"lm"}))
 def test_every_image_model_maps_images_to_logits(name):
-  model = models.build(ml_collections.ConfigDict({"name": name}), ml_collections.ConfigDict({"type": "dense"}),
+  model = models.build(ml_collections.ConfigDict({"name": name}), LayerFactory(),
                        input_shape=(28, 28, 1), num_classes=10, seed=0)
   assert model(jnp.ones((3, 28, 28, 1))).shape == (3, 10)
 
@@ -19,7 +22,7 @@ def test_every_image_model_maps_images_to_logits(name):
 @pytest.mark.parametrize("layers", [{"type": "dense"}, {"type": "nm", "n": 1, "m": 4}])
 def test_the_language_model_is_causal(layers):
   model = models.build(ml_collections.ConfigDict({"name": "lm", "dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}),
-                       ml_collections.ConfigDict(layers), input_shape=(16,), num_classes=11, seed=0)
+                       methods.layer_factory(layers, jnp.float32), input_shape=(16,), num_classes=11, seed=0)
   tokens = jnp.arange(32).reshape(2, 16) % 11
   logits = model(tokens)
   assert logits.shape == (2, 16, 11)
@@ -30,14 +33,28 @@ def test_the_language_model_is_causal(layers):
 
 
 def test_keep_dense_patterns_select_layers_by_name():
-  factory = LayerFactory("dense", keep_dense=("fc1", "block*/attn/*"))
-  assert factory.type_of("fc1") == factory.type_of("block3/attn/query") == "dense"
-  assert factory.type_of("fc2") == factory.type_of("block3/mlp/fc1") == "dense"  # Only dense exists here.
+  factory = methods.layer_factory({"type": "nm", "keep_dense": ("fc1", "block*/attn/*")}, jnp.float32)
+  assert factory.is_dense("fc1") and factory.is_dense("block3/attn/query")
+  assert not factory.is_dense("fc2") and not factory.is_dense("block3/mlp/fc1")
+  assert isinstance(factory.linear("fc1", 8, 8, rngs=nnx.Rngs(0)), nnx.Linear)
+  assert isinstance(factory.linear("fc2", 8, 8, rngs=nnx.Rngs(0)), NMLinear)
 
 
-def test_unknown_layer_type_is_rejected():
-  with pytest.raises(ValueError, match="config.layers.type"):
-    LayerFactory("sparse")
+@pytest.mark.parametrize("layers, field", [({"type": "sparse"}, "config.layers.type"),
+                                           ({"type": "lowrank", "rank_ration": 0.5}, "config.layers.rank_ration")])
+def test_unknown_layer_types_and_options_are_one_line_naming_the_field(layers, field):
+  config = ml_collections.ConfigDict({"layers": {"keep_dense": (), **layers}})
+  with pytest.raises(ConfigError, match=field):
+    methods.check(config)
+
+
+def test_a_field_a_method_does_not_have_is_refused_naming_it():
+  config = ml_collections.ConfigDict({"layers": {"type": "lowrank", "keep_dense": ()},
+                                      "lowrank": {**methods.REGISTRY["lowrank"].defaults, "shrink_evry": 5}})
+  with pytest.raises(ConfigError, match="config.lowrank.shrink_evry"):
+    methods.check(config)
+  del config.lowrank["shrink_evry"]
+  methods.check(config)
 
 
 def test_vit_rejects_a_patch_that_does_not_divide_the_image():
@@ -52,7 +69,7 @@ def test_vit_rejects_a_patch_that_does_not_divide_the_image():
     ({"name": "vgg"}, (32, 32, 3), 10, 20_560_330),  # Pufferfish's CIFAR VGG-19-BN.
 ])
 def test_resnets_and_vgg_have_the_reference_models_parameters(model, input_shape, classes, params):
-  built = models.build(ml_collections.ConfigDict(model), ml_collections.ConfigDict({"type": "dense"}),
+  built = models.build(ml_collections.ConfigDict(model), LayerFactory(),
                        input_shape=input_shape, num_classes=classes, seed=0)
   assert sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param))) == params
   statistics = nnx.state(built, nnx.BatchStat)
@@ -63,7 +80,7 @@ def test_resnets_and_vgg_have_the_reference_models_parameters(model, input_shape
 @pytest.mark.parametrize("layers", [{"type": "lowrank", "rank_ratio": 0.5}, {"type": "nm", "n": 1, "m": 4}])
 def test_low_rank_and_nm_reach_every_convolution_of_a_resnet(layers):
   model = models.build(ml_collections.ConfigDict({"name": "resnet", "depth": 18, "width": 8}),
-                       ml_collections.ConfigDict({**layers, "keep_dense": ("stem",)}), input_shape=(32, 32, 3),
+                       methods.layer_factory({**layers, "keep_dense": ("stem",)}, jnp.float32), input_shape=(32, 32, 3),
                        num_classes=10, seed=0)
   kinds = {type(m).__name__ for _, m in nnx.iter_graph(model) if type(m).__name__.endswith(("Conv", "Linear"))}
   expected = {"lowrank": {"Conv", "LowRankConv", "LowRankLinear"}, "nm": {"Conv", "NMConv", "NMLinear"}}
@@ -71,19 +88,20 @@ def test_low_rank_and_nm_reach_every_convolution_of_a_resnet(layers):
   assert model(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
 
 
+@pytest.mark.slow  # ResNet-50's 53 convolutions: the MLP's switch is in tests/test_lowrank_train.py.
 def test_a_dense_resnet_switches_to_its_full_rank_svd_with_the_same_outputs():
   """The switch after a dense warm-up on a bottleneck ResNet with BatchNorm and bias-free convolutions: the SVD
   factors at full rank, and every BatchNorm's parameters and statistics, carried over."""
-  from lowrank import deploy
+  from experiment import export
   config = ml_collections.ConfigDict({
       "model": {"name": "resnet", "depth": 50, "stem": "imagenet", "width": 4}, "seed": 0, "compute_dtype": "float32",
       "dataset": {"name": "fashion_mnist"},
       "layers": {"type": "lowrank", "keep_dense": ("stem",), "rank_ratio": 1.0, "ranks": {}, "init": "spectral"}})
-  dense = models.build(config.model, ml_collections.ConfigDict({"type": "dense"}), input_shape=(28, 28, 1),
+  dense = models.build(config.model, LayerFactory(), input_shape=(28, 28, 1),
                        num_classes=10, seed=1)
   x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
   dense(x)  # Training mode: the running statistics move off their initial values.
-  switched = deploy.from_dense(dense, config)
+  switched = export.from_dense(dense, config)
   evaluate = lambda m: nnx.view(m, use_running_average=True)(x)
   np.testing.assert_allclose(evaluate(switched), evaluate(dense), rtol=1e-4, atol=1e-4)
 
@@ -94,5 +112,5 @@ def test_a_dense_resnet_switches_to_its_full_rank_svd_with_the_same_outputs():
 ])
 def test_vits_with_a_class_token_have_the_reference_models_parameters(size, params):
   built = models.build(ml_collections.ConfigDict(dict(name="vit", patch=16, depth=12, pool="cls", **size)),
-                       ml_collections.ConfigDict({"type": "dense"}), input_shape=(224, 224, 3), num_classes=1000, seed=0)
+                       LayerFactory(), input_shape=(224, 224, 3), num_classes=1000, seed=0)
   assert sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param))) == params

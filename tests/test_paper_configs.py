@@ -28,9 +28,10 @@ def mock_train(config: str, workdir, overrides: dict, examples: int = 32):
              overrides=overrides)
 
 
-@pytest.mark.parametrize("name", [  # VGG; ResNet-50 (its bottlenecks and dense warm-up:
-    # tests/test_models.py): slow.
-    "cifar10_resnet18_maestro", pytest.param("cifar10_vgg19_maestro", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", [  # The CNNs (BatchNorm: the slow resume test below; the layers and the
+    # dense warm-up's switch of ResNet-50: tests/test_models.py): slow.
+    pytest.param("cifar10_resnet18_maestro", marks=pytest.mark.slow),
+    pytest.param("cifar10_vgg19_maestro", marks=pytest.mark.slow),
     pytest.param("imagenet_resnet50_maestro", marks=pytest.mark.slow), "imagenet_vit_b16_nm"])
 def test_each_paper_config_smoke_trains_on_its_dataset_with_validation_and_test_metrics(name, tmp_path):
   mock_train(f"configs/{name}.py:smoke", tmp_path / name, SHORT)
@@ -43,6 +44,7 @@ SHRINKING = {**SHORT, "num_steps": 12, "lowrank.shrink_every": 6, "lowrank.shrin
              "checkpoint_every": 3, "recalibrate_batches": 2}
 
 
+@pytest.mark.slow  # Two ResNet-18 runs and a resumed one: two minutes on 2 CPU cores.
 def test_a_batch_norm_model_recalibrates_after_a_shrink_and_resumes_bit_identically(tmp_path):
   config = "configs/cifar10_resnet18_maestro.py:smoke"
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"

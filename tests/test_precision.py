@@ -13,7 +13,7 @@ import sparsity
 from configs import fmnist_mlp_dense
 from experiment import build
 from experiment.config import ConfigError
-from models.layers import LayerFactory
+from experiment import methods
 
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 
@@ -50,7 +50,7 @@ def matmul_operand_dtypes(fn, *args) -> set:
 
 
 def make_layer(kind: str, shape: str, dtype) -> nnx.Module:
-  layers = LayerFactory(kind, dtype=dtype)
+  layers = methods.layer_factory({"type": kind}, dtype)
   if shape == "linear":
     return layers.linear("layer", 8, 12, rngs=nnx.Rngs(0))
   return layers.conv("layer", 8, 12, 3, rngs=nnx.Rngs(0))
@@ -83,8 +83,9 @@ def tie_breaking_kernel(shape: tuple[int, ...], axis: int) -> jax.Array:
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("shape", ["linear", "conv"])
 def test_nm_masks_come_from_the_float32_kernel(shape, soft):
-  make = lambda dtype: (LayerFactory("nm", dtype=dtype).linear("layer", 8, 4, rngs=nnx.Rngs(0)) if shape == "linear"
-                        else LayerFactory("nm", dtype=dtype).conv("layer", 8, 4, 1, rngs=nnx.Rngs(0)))
+  make = lambda dtype: (methods.layer_factory({"type": "nm"}, dtype).linear("layer", 8, 4, rngs=nnx.Rngs(0))
+                        if shape == "linear" else
+                        methods.layer_factory({"type": "nm"}, dtype).conv("layer", 8, 4, 1, rngs=nnx.Rngs(0)))
   low, full = make(jnp.bfloat16), make(jnp.float32)
   axis = low.axis
   kernel = tie_breaking_kernel(low.kernel.shape, axis)
@@ -113,8 +114,8 @@ LAYERS = {"dense": dict(type="dense"), "lowrank": dict(type="lowrank", rank_rati
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_bfloat16_models_have_float32_params_gradients_and_logits(name, kind):
   shape, classes = ((16,), 12) if name == "lm" else ((28, 28, 1), 10)
-  low, full = (models.build(dict(name=name, **MODELS[name]), LAYERS[kind], input_shape=shape, num_classes=classes,
-                            seed=0, dtype=dtype) for dtype in (jnp.bfloat16, jnp.float32))
+  low, full = (models.build(dict(name=name, **MODELS[name]), methods.layer_factory(LAYERS[kind], dtype),
+                            input_shape=shape, num_classes=classes, seed=0) for dtype in (jnp.bfloat16, jnp.float32))
   key = jax.random.key(1)
   x = jax.random.randint(key, (2, 16), 0, classes) if name == "lm" else jax.random.uniform(key, (2, 28, 28, 1))
   labels = x if name == "lm" else jnp.array([3, 7])

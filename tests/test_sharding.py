@@ -142,8 +142,8 @@ def one_device(tiny_data, tmp_path_factory):
                                                                       tiny_data))
 
 
-@pytest.mark.parametrize("name,layout", [  # Maestro with FSDP also runs over 2 processes below; these two: slow.
-    ("dense", "data"), ("dense", "fsdp"), ("accumulated", "fsdp"),
+@pytest.mark.parametrize("name,layout", [  # Maestro with FSDP also runs over 2 processes below; these: slow.
+    ("dense", "data"), ("dense", "fsdp"), pytest.param("accumulated", "fsdp", marks=pytest.mark.slow),
     pytest.param("maestro", "fsdp", marks=pytest.mark.slow), pytest.param("sdgf", "fsdp", marks=pytest.mark.slow)])
 def test_eight_devices_follow_the_one_device_trajectory(name, layout, one_device, tiny_data, tmp_path_factory):
   one = one_device(name)

@@ -9,7 +9,6 @@ import pytest
 from flax import nnx
 
 import sparsity
-from sparsity import export as nm_export
 from sparsity.layers import NMConv, NMLinear, Sparsity
 
 PATTERNS = [(1, 2), (2, 4), (1, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8), (1, 16), (15, 16), (1, 32), (8, 64)]
@@ -180,24 +179,26 @@ def test_structure_decay_rejects_what_it_cannot_schedule():
 def test_pack_unpack_round_trip_is_exact(n, m, axis, shape):
   w = np.random.default_rng(0).normal(size=shape).astype(np.float32)
   w[0] = 0.0  # Zeros and ties are packed like any value.
-  values, indices = nm_export.pack(w, n, m, axis)
+  values, indices = sparsity.pack(w, n, m, axis)
   assert indices.dtype == np.uint8 and values.size == w.size * n // m
   assert values.nbytes + indices.nbytes == w.nbytes * n // m * 5 // 4  # fp32 values + one byte per kept entry.
-  back = nm_export.unpack(values, indices, m, axis, shape)
+  back = sparsity.unpack(values, indices, m, axis, shape)
   np.testing.assert_array_equal(back, w * np.asarray(sparsity.nm_mask(w, n, m, axis)))
 
 
 def test_layer_groups_choose_their_own_pattern_and_kept_layers_stay_dense():
   import models
+  from experiment import methods
   layers = dict(type="nm", keep_dense=("patch_embed", "head"), n=2, m=4, patterns={"block*/attn/*": "1:8"})
-  vit = models.build(dict(name="vit", patch=7, dim=32, depth=2, num_heads=2, mlp_dim=64), layers,
-                     input_shape=(28, 28, 1), num_classes=10, seed=0)
+  vit = models.build(dict(name="vit", patch=7, dim=32, depth=2, num_heads=2, mlp_dim=64),
+                     methods.layer_factory(layers, jnp.float32), input_shape=(28, 28, 1), num_classes=10, seed=0)
   targets = {m.name: m.target for _, m in nnx.iter_graph(vit) if isinstance(m, NMLinear)}
   assert targets["block0/attn/query"] == targets["block1/attn/out"] == (1, 8)
   assert targets["block0/mlp/fc1"] == targets["block1/mlp/fc2"] == (2, 4)
   assert len(targets) == 12 and isinstance(vit.head, nnx.Linear) and isinstance(vit.patch_embed, nnx.Linear)
   with pytest.raises(ValueError, match="must look like '1:8'"):
-    models.build(dict(name="mlp", hidden=(64,)), {**layers, "patterns": {"fc1": "half"}}, input_shape=(28, 28, 1),
+    models.build(dict(name="mlp", hidden=(64,)), methods.layer_factory({**layers, "patterns": {"fc1": "half"}},
+                                                                     jnp.float32), input_shape=(28, 28, 1),
                  num_classes=10, seed=0)
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 import sparsity
 from configs import fmnist_mlp_nm
 from experiment import build, metrics, sharding
-from experiment import method as method_lib
+from experiment import methods
 from sparsity.training import nm_layers
 from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot
 from experiment.step import make_train_step
@@ -74,7 +74,7 @@ def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask(
   returns (what evaluation, checkpoints and export see) has α = 0: W ⊙ m."""
   config = fmnist_mlp_nm.get_config("smoke,method=mdgf,n=1,m=8")
   model = build.model(config)
-  method = method_lib.build(config, model)
+  method = methods.build(config, model)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   method.restore(model, optimizer, {})
   mesh = sharding.mesh()
@@ -99,7 +99,7 @@ def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask(
                                       ("method=mdgf,warmup=0.2", 5 / 16), ("method=mdgf,k=0.01", 0.01)])
 def test_decay_coefficient_follows_the_sparse_phase_unless_given(arg, coef):
   config = fmnist_mlp_nm.get_config(f"smoke,{arg}")
-  assert method_lib.build(config, build.model(config)).decay_coef == pytest.approx(coef)
+  assert methods.build(config, build.model(config)).decay_coef == pytest.approx(coef)
 
 
 def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):

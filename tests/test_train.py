@@ -108,3 +108,27 @@ def test_without_git_the_run_trains_and_says_its_code_version_is_unknown(tmp_pat
             env={"PATH": str(tmp_path / "no-tools-here")})
   assert "warning: git is not on PATH" in out.stderr and "Traceback" not in out.stderr
   assert json.loads((workdir / "launches.jsonl").read_text().splitlines()[-1])["code"] == "unknown (no git)"
+
+
+def test_train_is_a_function_returning_the_final_metrics(tmp_path, tiny_data):
+  """train.train(config, workdir) in-process, without flags: the command line's run, its last metrics row
+  returned; a user's mistake is a ConfigError raised before the workdir is touched."""
+  import signal
+
+  import train
+  from configs import fmnist_mlp_dense
+  from experiment.config import ConfigError
+  config = fmnist_mlp_dense.get_config("smoke")
+  config.update_from_flattened_dict(tiny_data)
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:  # train() handles SIGTERM and Ctrl-C (save, then stop) while it runs.
+    final = train.train(config, tmp_path / "run")
+    config.batch_size = 0
+    with pytest.raises(ConfigError, match="config.batch_size"):
+      train.train(config, tmp_path / "refused")
+  finally:
+    for s, handler in handlers.items():
+      signal.signal(s, handler)
+  assert final == metrics.read(tmp_path / "run" / "metrics.jsonl")[-1]
+  assert final["step"] == 20 and final["eval/accuracy"] > 0.5
+  assert not (tmp_path / "refused").exists()

@@ -1,19 +1,12 @@
-"""Export of N:M models (ALGORITHMS.md B1): every N:M kernel hard-masked and
-packed as its kept values plus their positions in the group (uint8), the
-layout sparse kernels consume; everything else as it is. The round trip is exact.
-
-An export folder holds `config.json`, `export.json` (the report: patterns,
-bytes) and `weights.npz`.
+"""N:M models packed for deployment (ALGORITHMS.md B1): every N:M kernel
+hard-masked and packed as its kept values plus their positions in the group
+(uint8), the layout sparse kernels consume; everything else as it is. The round
+trip is exact. experiment/export.py writes and reads such a model by config.
 """
 
-import json
-import pathlib
-
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from experiment import build
 from sparsity.masks import nm_mask
 from sparsity.training import nm_layers
 
@@ -39,10 +32,11 @@ def unpack(values: np.ndarray, indices: np.ndarray, m: int, axis: int, shape: tu
   return np.moveaxis(groups.reshape(moved), -1, axis)
 
 
-def export(model: nnx.Module, config: ml_collections.ConfigDict, folder: pathlib.Path, report: dict) -> dict:
-  """Writes the packed model; returns the report with its sizes in bytes."""
-  packed_paths = {}
-  arrays = {}
+def pack_model(model: nnx.Module) -> tuple[dict[str, np.ndarray], dict[str, list[int]], dict[str, int]]:
+  """Every parameter of `model` as arrays by "/"-joined path, each N:M kernel packed (`<path>.values`,
+  `<path>.indices`); the packed kernels' N:M patterns by path; and the sizes in bytes (N:M kernels dense and
+  packed, the whole model dense and packed)."""
+  patterns, arrays = {}, {}
   kernels_dense = kernels_packed = 0
   for path, layer in nm_layers(model):
     s = layer.sparsity
@@ -51,31 +45,24 @@ def export(model: nnx.Module, config: ml_collections.ConfigDict, folder: pathlib
     values, indices = pack(np.asarray(layer.kernel[...]), *s.pattern, layer.axis)
     key = "/".join(map(str, (*path, "kernel")))
     arrays[key + ".values"], arrays[key + ".indices"] = values, indices
-    packed_paths[key] = list(s.pattern)
+    patterns[key] = list(s.pattern)
     kernels_dense += layer.kernel[...].nbytes
     kernels_packed += values.nbytes + indices.nbytes
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+  params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  for path, var in params:
     key = "/".join(map(str, path))
-    if key not in packed_paths:
+    if key not in patterns:
       arrays[key] = np.asarray(var[...])
-  dense_bytes = sum(int(np.asarray(v[...]).nbytes) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  report = {**report, "format": "nm", "patterns": packed_paths,
-            "bytes": {"nm_kernels_dense": int(kernels_dense), "nm_kernels_packed": int(kernels_packed),
-                      "model_dense": dense_bytes, "model_packed": dense_bytes - int(kernels_dense) + int(kernels_packed)}}
-  folder.mkdir(parents=True, exist_ok=True)
-  np.savez(folder / "weights.npz", **arrays)
-  (folder / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  (folder / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-  return report
+  dense_bytes = sum(int(np.asarray(v[...]).nbytes) for _, v in params)
+  return arrays, patterns, {"nm_kernels_dense": int(kernels_dense), "nm_kernels_packed": int(kernels_packed),
+                            "model_dense": dense_bytes,
+                            "model_packed": dense_bytes - int(kernels_dense) + int(kernels_packed)}
 
 
-def load(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """The exported model, standalone: rebuilt from its config, kernels unpacked, patterns set (hard masks)."""
-  config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
-  patterns = json.loads((folder / "export.json").read_text())["patterns"]
-  model = build.model(config)
+def unpack_into(model: nnx.Module, arrays, patterns: dict[str, list[int]]) -> None:
+  """`pack_model`'s arrays and patterns back into `model` (the same architecture): kernels unpacked, each N:M
+  layer's pattern set (hard masks)."""
   layers = {"/".join(map(str, (*path, "kernel"))): layer for path, layer in nm_layers(model)}
-  weights = np.load(folder / "weights.npz")
   flat = []
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     key = "/".join(map(str, path))
@@ -83,9 +70,8 @@ def load(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
       n, m = patterns[key]
       layer = layers[key]
       layer.sparsity = type(layer.sparsity)((n, m))
-      value = unpack(weights[key + ".values"], weights[key + ".indices"], m, layer.axis, var[...].shape)
+      value = unpack(arrays[key + ".values"], arrays[key + ".indices"], m, layer.axis, var[...].shape)
     else:
-      value = weights[key]
+      value = arrays[key]
     flat.append((path, var.replace(value)))
   nnx.update(model, nnx.from_flat_state(flat))
-  return model, config

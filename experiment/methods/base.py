@@ -1,26 +1,23 @@
-"""What a training method adds to the dense loop: a few small hooks.
+"""What every method is: its hooks (`Method`, plain training) and its declaration (`Spec`)."""
 
-The base class is plain training. `lowrank.maestro.Maestro` and
-`sparsity.training.NMTraining` override what they need; train.py calls the
-hooks and nothing else. `step` is 1-based: the update being made (in `loss`,
-`observe`) or the number of updates done (in the host-side hooks).
-"""
-
+import dataclasses
 from typing import Callable
 
 import jax
 import ml_collections
 from flax import nnx
 
-from experiment.config import ConfigError
+from models.layers import dense_conv, dense_linear
 
 # forward(model, soft_targets or None) -> (loss, logits)
 Forward = Callable[[nnx.Module, jax.Array | None], tuple[jax.Array, jax.Array]]
 
 
 class Method:
+  """Plain training; the hooks every method has."""
 
-  def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward: Forward) -> tuple[jax.Array, jax.Array, dict]:
+  def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array,
+           forward: Forward) -> tuple[jax.Array, jax.Array, dict]:
     """Inside the jitted step: (loss to minimise, logits, extra metrics)."""
     loss, logits = forward(model, None)
     return loss, logits, {}
@@ -51,15 +48,19 @@ class Method:
     return {}
 
 
-def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Method:
-  kind = config.layers.type
-  if kind in ("lowrank", "nm") and kind not in config:  # The method's settings live in config.<layer type>.
-    raise ConfigError(f"config.layers.type={kind!r} needs a config.{kind} section, which this config has not; "
-                      f"start from one that has (configs/*_{'maestro' if kind == 'lowrank' else 'nm'}.py)")
-  if config.layers.type == "lowrank":
-    from lowrank.maestro import Maestro
-    return Maestro(config)
-  if config.layers.type == "nm":
-    from sparsity.training import NMTraining
-    return NMTraining(config, model)
-  return Method()
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A method. `linear`/`conv`: its layer builders, given `config.layers`' options (`layer_options`: their names
+  and defaults) and what the model passes; `section`/`defaults`: its config section and every key it has;
+  `make(config, model)`: its hooks; `smoke(config)`: its changes to a `:smoke` config; `dense_warmup(config)`:
+  updates trained dense before `switch(dense, target)` copies the dense model into the method's (its SVD)."""
+  name: str
+  linear: Callable[..., nnx.Module] = dense_linear
+  conv: Callable[..., nnx.Module] = dense_conv
+  layer_options: dict = dataclasses.field(default_factory=dict)
+  section: str = ""
+  defaults: dict = dataclasses.field(default_factory=dict)
+  make: Callable[[ml_collections.ConfigDict, nnx.Module], Method] = lambda config, model: Method()
+  smoke: Callable[[ml_collections.ConfigDict], None] = lambda config: None
+  dense_warmup: Callable[[ml_collections.ConfigDict], int] = lambda config: 0
+  switch: Callable[[nnx.Module, nnx.Module], None] | None = None

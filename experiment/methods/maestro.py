@@ -1,0 +1,40 @@
+"""Maestro (lowrank/, ALGORITHMS.md A): `layers.type=lowrank`, configured by `config.lowrank`."""
+
+import ml_collections
+
+import lowrank
+from experiment.methods.base import Spec
+from lowrank import deploy
+
+# config.lowrank: each key, its default and meaning.
+DEFAULTS = dict(
+    sampler="single_layer",    # single_layer | independent | fixed_ratio | none (lowrank.maestro.SAMPLERS)
+    fixed_ratio=0.25,          # ρ of the fixed_ratio (Pufferfish-style) sampler.
+    group_lasso=0.0,           # λ of the hierarchical group lasso.
+    hierarchical=True,         # False: the plain group lasso Σ_i ||d_i|| + ||u_i||.
+    distill=False,             # True: CE(full) + CE(sampled, softmax(full)) instead of CE(sampled).
+    shrink_every=0,            # Shrink every this many updates; 0: never.
+    shrink_every_epochs=0.0,   # > 0: shrink_every in epochs of the train split.
+    shrink_eps=0.0,            # Keep components with importance >= this.
+    dense_warmup_steps=0,      # > 0: train dense this long, then switch to the SVD factors.
+    dense_warmup_epochs=0.0,   # > 0: dense_warmup_steps in epochs.
+)
+TRAINER_FIELDS = ("dense_warmup_steps", "dense_warmup_epochs", "shrink_every_epochs")  # Not lowrank.Maestro's.
+
+
+def make(config: ml_collections.ConfigDict, model) -> lowrank.Maestro:
+  c = config.lowrank
+  if not (isinstance(c.dense_warmup_steps, int) and c.dense_warmup_steps >= 0):
+    raise ValueError(f"dense_warmup_steps={c.dense_warmup_steps!r} must be an integer >= 0")
+  return lowrank.Maestro(**{k: v for k, v in c.items() if k not in TRAINER_FIELDS})
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  """Shrinks (and a dense warm-up) that a 20-step run sees."""
+  c.lowrank.shrink_every = 10 if c.lowrank.shrink_every or c.lowrank.shrink_every_epochs else 0
+  c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps or c.lowrank.dense_warmup_epochs else 0
+
+
+METHOD = Spec("lowrank", lowrank.linear, lowrank.conv, layer_options=dict(rank_ratio=1.0, ranks={}, init="spectral"),
+              section="lowrank", defaults=DEFAULTS, make=make, smoke=smoke,
+              dense_warmup=lambda config: config.lowrank.dense_warmup_steps, switch=deploy.copy_svd)

@@ -1,0 +1,34 @@
+"""N:M sparsity with progressive gradient flow (sparsity/, ALGORITHMS.md B): `layers.type=nm`, configured by
+`config.nm`."""
+
+import ml_collections
+
+import sparsity
+from experiment.config import ConfigError
+from experiment.methods.base import Spec
+
+# config.nm: each key, its default and meaning.
+DEFAULTS = dict(
+    method="srste",       # ste | srste | mdgf | sdgf | unstructured (magnitude, same density, STE)
+    decay="exp",          # mdgf (and sdgf with sdgf_decay): α(t) = exp(-k·t) | linear: max(1 - k·t, 0)
+    decay_coef=0.0,       # k per update of the sparse phase of T updates; 0: exp 5/T (α(T) = e^-5), linear 2/T.
+    mdgf_grad="ste",      # ste: the paper's backward | autodiff: through the soft mask (ablation)
+    structure="stepwise",  # sdgf: stepwise | geometric | densify
+    sdgf_decay=False,     # sdgf: also decay the mask (MDGF within the frames)
+    srste_decay=2e-4,     # λ_w of SR-STE
+    dense_warmup=0.0,     # Fraction of updates dense before the sparse phase.
+    finetune=0.0,         # Fraction of updates at the end with the binary target mask and STE.
+)
+
+
+def make(config: ml_collections.ConfigDict, model) -> sparsity.NMTraining:
+  if not sparsity.nm_layers(model):
+    raise ConfigError("config.layers.keep_dense keeps every layer dense, so config.layers.type='nm' has nothing to "
+                      "sparsify; narrow keep_dense")
+  return sparsity.NMTraining(model, num_steps=config.num_steps, **config.nm.to_dict())
+
+
+# config.layers: n, m (the N:M of every N:M layer), patterns ({"fnmatch pattern": "n:m"}: per-layer-group N:M, the
+# first match wins).
+METHOD = Spec("nm", sparsity.linear, sparsity.conv, layer_options=dict(n=2, m=4, patterns={}), section="nm",
+              defaults=DEFAULTS, make=make)

@@ -1,0 +1,55 @@
+"""`lowrank` and `sparsity` are libraries: they import nothing of the trainer, and a loop of one's own trains with
+them (examples/custom_loop.py). The project's packages import only downwards (DESIGN.md), so none is in a circle."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+# Each package may import the packages below it, never one beside or above it.
+LAYERS = [{"lowrank", "sparsity"}, {"models", "data"}, {"experiment"}, {"configs"},
+          {"train", "eval", "sweep", "benchmarks", "examples"}]
+LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in packages}
+
+
+def test_the_libraries_import_nothing_of_the_trainer():
+  loaded = subprocess.run([sys.executable, "-c", "import sys, lowrank, sparsity; print(' '.join(sys.modules))"],
+                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+  trainer = {"experiment", "data", "models", "configs", "ml_collections", "tensorflow_datasets", "grain", "orbax"}
+  assert not {m.split(".")[0] for m in loaded} & trainer
+  assert {"lowrank.maestro", "sparsity.training", "flax", "optax"} <= set(loaded)
+
+
+def project_imports(path: pathlib.Path) -> set[str]:
+  """The project's packages (and top-level modules) that the file imports."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] \
+        if isinstance(node, ast.ImportFrom) and not node.level else []
+    found |= {n.split(".")[0] for n in names if n.split(".")[0] in LEVEL}
+  return found
+
+
+def test_packages_import_only_downwards():
+  wrong = []
+  for path in sorted(ROOT.glob("*.py")) + sorted(ROOT.glob("*/**/*.py")):
+    package = path.relative_to(ROOT).parts[0].removesuffix(".py")
+    if package not in LEVEL:
+      continue
+    wrong += [f"{path.relative_to(ROOT)} imports {other}" for other in project_imports(path)
+              if other != package and LEVEL[other] >= LEVEL[package]]
+  assert not wrong
+
+
+def test_a_custom_loop_trains_maestro_with_shrinking_and_nm_with_mdgf():
+  sys.path.insert(0, str(ROOT / "examples"))
+  try:
+    import custom_loop
+  finally:
+    sys.path.pop(0)
+  result = custom_loop.main(steps=300)
+  assert result["maestro"] > 0.6 and result["nm"] > 0.4  # Ten classes: chance is 0.1.
+  assert result["ranks"]["fc1"] < 64  # Shrunk: components really removed.
+  assert result["kept"] == {"fc1": 1 / 8, "fc2": 1 / 8}  # Hard 1:8 masks at the end.
