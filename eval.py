@@ -211,7 +211,8 @@ def watch(workdir: pathlib.Path, mesh, interval: float) -> None:
   evaluates it and appends its row (a checkpoint that rotated away before its turn is skipped), until the run's
   last step is in the file. Takes no lock; writes that file and, while it reads, the links of `pinned` (nothing in
   checkpoints/)."""
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # Stops like Ctrl-C.
+  for stop in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C stops it, and SIGTERM alike, also where the shell that
+    signal.signal(stop, signal.default_int_handler)  # started it in the background made it ignore SIGINT.
   path, last = workdir / "eval_metrics.jsonl", 0
   try:
     config = workdir_lib.load_config(workdir)
