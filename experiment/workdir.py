@@ -32,8 +32,9 @@ def machine_failure(what: str, error: BaseException, then: str) -> str:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-  """`path` holds either its old content or `text`, whenever the process dies."""
-  tmp = path.with_name(f".{path.name}.tmp")
+  """`path` holds either its old content or `text`, whenever the process dies; the last of several processes
+  writing it at once wins (each writes a file of its own first)."""
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   with tmp.open("w") as f:
     f.write(text)
     f.flush()
