@@ -3,7 +3,7 @@
 import ml_collections
 
 from experiment import methods
-from experiment.config import IN_EPOCHS, get_field, parse_arg, parse_like
+from experiment.config import IN_EPOCHS, get_field, parse_arg, parse_like, set_field
 
 TRAIN_EXAMPLES = 55_000  # Fashion-MNIST's default train split, train[:55000].
 
@@ -93,8 +93,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       spec.smoke(c)
   for field in IN_EPOCHS.values():  # Every step count above is in steps.
     if get_field(c, field) is not None:
-      *parents, leaf = field.split(".")
-      (c[parents[0]] if parents else c)[leaf] = 0.0
+      set_field(c, field, 0.0)
   return c
 
 
@@ -185,11 +184,11 @@ def apply_args(c: ml_collections.ConfigDict, args: dict[str, str]) -> ml_collect
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
-    node[leaf] = parse_like(node[leaf], value, key)
+    node[leaf] = parse_like(node[leaf], value, key)  # An unknown key: KeyError, one line (config.parse_flags).
   return smoke(c) if "smoke" in args else c
 
 
-def in_epochs(model: dict, *, num_epochs: float, eval_every_epochs: float, batch_size: int, learning_rate: float,
+def paper_base(model: dict, *, num_epochs: float, eval_every_epochs: float, batch_size: int, learning_rate: float,
               dataset: dict) -> ml_collections.ConfigDict:
   """A paper's experiment: `num_epochs` of the train split (whatever its size), evaluated and checkpointed every
   `eval_every_epochs`, no warm-up."""
@@ -204,7 +203,7 @@ def cifar_sgd(model: dict, *, epochs: int, batch_size: int = 128) -> ml_collecti
   """A CIFAR-10 run with Maestro's CIFAR recipe (Maestro-LoD's cifar script): SGD with momentum 0.9, learning rate
   0.1, x0.1 at 50% and 75% of the run, weight decay 1e-4, batch 128, pad-crop-flip augmentation (the cifar10
   dataset's default), validation held out of train (45,000 / 5,000); evaluated every 5 epochs."""
-  c = in_epochs(model, num_epochs=epochs, eval_every_epochs=5, batch_size=batch_size, learning_rate=0.1,
+  c = paper_base(model, num_epochs=epochs, eval_every_epochs=5, batch_size=batch_size, learning_rate=0.1,
                 dataset=dict(name="cifar10", data_dir="", eval_limit=0, workers=0))
   c.optimizer.update(name="sgd", schedule="step", step_at=(0.5, 0.75), weight_decay=1e-4, grad_clip=0.0)
   c.eval_batch_size = 500

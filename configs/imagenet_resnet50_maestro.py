@@ -24,7 +24,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-  c = common.in_epochs(dict(name="resnet", depth=50, stem="imagenet", width=64), num_epochs=90, eval_every_epochs=1,
+  c = common.paper_base(dict(name="resnet", depth=50, stem="imagenet", width=64), num_epochs=90, eval_every_epochs=1,
                        batch_size=256, learning_rate=0.1,
                        dataset=dict(name="imagenet2012", data_dir="", eval_limit=0, workers=8))
   c.optimizer.update(name="sgd", schedule="step", step_at=(1 / 3, 2 / 3, 8 / 9), weight_decay=1e-4, grad_clip=0.0)

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
   size = args.pop("vit", "b16")
   if size not in SIZES:
     raise ValueError(f"config argument vit={size}: must be one of {sorted(SIZES)}")
-  c = common.in_epochs(dict(name="vit", patch=16, depth=12, pool="cls", **SIZES[size]), num_epochs=350,
+  c = common.paper_base(dict(name="vit", patch=16, depth=12, pool="cls", **SIZES[size]), num_epochs=350,
                        eval_every_epochs=5, batch_size=256, learning_rate=1e-3,
                        dataset=dict(name="imagenet2012", data_dir="", eval_limit=0, workers=8))
   c.optimizer.update(weight_decay=0.01, warmup_epochs=15.0, grad_clip=1.0)

@@ -74,6 +74,14 @@ def get_field(config: ml_collections.ConfigDict, field: str, default=None):
   return config.get(leaf, default)
 
 
+def set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Sets `config`'s dotted `field` to `value`."""
+  *parents, leaf = field.split(".")
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
+
+
 def in_epochs(config: ml_collections.ConfigDict) -> dict[str, float]:
   """{steps field: epochs} for each step count `config` gives in epochs."""
   return {steps: get_field(config, epochs) for steps, epochs in IN_EPOCHS.items() if get_field(config, epochs, 0)}
@@ -84,12 +92,8 @@ def in_steps(config: ml_collections.ConfigDict, train_examples: int) -> ml_colle
   `config.batch_size` over `train_examples`, and its epochs field set to 0."""
   config = ml_collections.ConfigDict(config.to_dict())
   for steps, epochs in in_epochs(config).items():
-    *parents, leaf = steps.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = max(1, round(epochs * train_examples / config.batch_size))
-    node[IN_EPOCHS[steps].split(".")[-1]] = 0.0
+    set_field(config, steps, max(1, round(epochs * train_examples / config.batch_size)))
+    set_field(config, IN_EPOCHS[steps], 0.0)
   return config
 
 
