@@ -194,11 +194,10 @@ def _linked(checkpoints: Checkpoints, copy: Checkpoints, step: int) -> bool:
 
 
 def _read(checkpoints: Checkpoints, config, step: int, mesh) -> tuple[nnx.Module, nnx.Optimizer]:
-  dense = step < methods.dense_warmup_steps(config)  # Saved during a low-rank run's dense warm-up (train.py).
-  model = build.model(config, dense=dense)
+  saved = checkpoints.restore_method(step)  # The model the method trained then (e.g. dense in a warm-up).
+  model = build.model(config, saved)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  method = methods.Method() if dense else methods.build(config, model)
-  method.restore(model, optimizer, checkpoints.restore_method(step))
+  methods.build(config, model).restore(model, optimizer, saved)
   like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
   model_state, optimizer_state = checkpoints.restore_state(step, like)
   nnx.update(model, model_state)
@@ -273,8 +272,8 @@ def svd_baseline(mesh) -> nnx.Module:
     model, config, _ = restore(pathlib.Path(_SVD_OF.value), None, mesh)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"--svd_of={_SVD_OF.value}: {e}") from None
-  if config.layers.type != "dense":
-    raise config_lib.ConfigError(f"--svd_of={_SVD_OF.value} is a {config.layers.type} run; pass a dense run "
+  if maestro.lod_layers(model) or nm_layers(model):
+    raise config_lib.ConfigError(f"--svd_of={_SVD_OF.value} has low-rank or N:M layers; pass a dense run "
                                  f"(config.layers.type=dense) of the same model")
   return model
 
@@ -332,15 +331,15 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
     raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
   put = sharding.batch_placer(mesh, whole=True)
   baselines, key, notes = {}, report.metric(results), []
-  dense = next((r for r in results if r.layers == "dense"), None)
-  if dense and any(r.layers == "lowrank" for r in results):  # SVD of the dense run at each low-rank run's ranks.
+  dense = next((r for r in results if r.dense), None)
+  if dense and any(r.low_rank for r in results):  # SVD of the dense run at each low-rank run's ranks.
     try:
       dense_model = restore(dense.workdir, None, mesh)[0]
     except config_lib.ConfigError as e:
       dense_model = None
       notes.append(f"No SVD baseline: {e}.")
       print(f"warning: {notes[-1]}", file=sys.stderr)
-    lowrank = report.by_name([r for r in results if r.layers == "lowrank"]) if dense_model else {}
+    lowrank = report.by_name([r for r in results if r.low_rank]) if dense_model else {}
     for runs in lowrank.values():
       config = workdir_lib.load_config(runs[0].workdir)
       test = tester(config, build.datasets(config).test, put)
@@ -420,11 +419,11 @@ def main(argv) -> None:
     splits = build.datasets(config)
     lowrank_model, nm_model = bool(maestro.lod_layers(model)), bool(nm_layers(model))
     if (_FRACTIONS.value or _BUDGET.value) and not lowrank_model:
-      raise config_lib.ConfigError("--rank_fractions/--macs_budget need a low-rank run (config.layers.type=lowrank)")
+      raise config_lib.ConfigError("--rank_fractions/--macs_budget need a run with low-rank layers; this one has none")
     if _EXPORT.value and not (lowrank_model or nm_model):
-      raise config_lib.ConfigError("--export needs a low-rank or N:M run (config.layers.type=lowrank or nm)")
-    if _EXPORT.value and nm_model and config.nm.method == "unstructured":
-      raise config_lib.ConfigError("--export packs N:M patterns; config.nm.method='unstructured' has none")
+      raise config_lib.ConfigError("--export needs a run with low-rank or N:M layers; this one has neither")
+    if _EXPORT.value and any(layer.sparsity.unstructured for _, layer in nm_layers(model)):
+      raise config_lib.ConfigError("--export packs N:M patterns; this run's masks are unstructured")
     fractions = rank_fractions()
     baseline = svd_baseline(mesh) if _SVD_OF.value else None
   except (config_lib.ConfigError, data.DataError) as e:

@@ -83,7 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     print(f"Epochs of {len(splits.train):,} training examples in steps of {config.batch_size}: " + ", ".join(
         f"{config_lib.IN_EPOCHS[f]}={e:g} -> {f}={config_lib.get_field(config, f)}" for f, e in epochs.items()),
         file=sys.stderr)
-  model = build.model(config)
+  model = build.model(config, {})  # A fresh start's model and hooks (e.g. dense for a dense warm-up).
   method = methods.build(config, model)
   is_main = jax.process_index() == 0
   changes = workdir_lib.claim(workdir, config, allow_change=allow_config_change, lock=is_main)
@@ -101,12 +101,14 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   for warning in damaged:
     print(f"warning: {warning}", file=sys.stderr)
   start = start or 0
-  warmup = methods.dense_warmup_steps(config)
-  if start < warmup:  # Low-rank after a dense warm-up: dense until `warmup`, then its SVD factors.
-    model, method = build.model(config, dense=True), methods.Method()
+  saved = checkpoints.restore_method(start) if start else {}  # It decides the model and shapes: read first.
+  layers = methods.layers(config, saved)
+  if layers != methods.layers(config, {}):  # Saved after the method moved to another model (a switch): that one.
+    model = build.model(config, saved)
+    method = methods.build(config, model)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
   window: list[dict] = []  # Per-step metrics since the last log step (device arrays until fetched; means logged).
-  method.restore(model, optimizer, checkpoints.restore_method(start) if start else {})  # Shapes, graph first.
+  method.restore(model, optimizer, saved)
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   state = place((model_state, opt_state))
   if start:
@@ -195,17 +197,19 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       writer.write(step, logged, console="eval/accuracy" in logged)
       bar.set_postfix(loss=f"{logged['train/loss']:.4f}", acc=f"{logged['train/accuracy']:.3f}", refresh=False)
       window = []
-    if step < config.num_steps and (step == warmup or method.host_update_due(step)):
+    if step < config.num_steps and method.host_update_due(step):
       window = fetched(window, step)  # A non-finite state is neither shrunk nor switched.
       sync_model()
-      if step == warmup:  # End of the dense warm-up: switch to the method's model (Maestro: the SVD), fresh moments.
-        dense, model = model, build.model(config)
-        methods.spec_of(config).switch(dense, model)
-        method = methods.build(config, model)
-        optimizer = build.optimizer_at(model, config, step)
-        train_step = make_step(method)
-        observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
-      if step == warmup or method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
+      if method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
+        if (now := methods.layers(config, method.state(step, model))) != layers:  # The method moves to another
+          # model (Maestro after its dense warm-up, Cuttlefish at its switch): built from its state and filled
+          # from this one (the SVD), with fresh hooks and fresh optimizer moments.
+          old, model, layers = model, build.model(config, method.state(step, model)), now
+          methods.spec_of(config).switch(old, model)
+          method = methods.build(config, model)
+          optimizer = build.optimizer_at(model, config, step)
+          train_step = make_step(method)
+          observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
         evaluation.recalibrate_on(model, splits.train, config, put_whole)  # BatchNorm statistics of the new model.
         (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
         state = place((model_state, opt_state))  # Re-laid out for the new shapes.

@@ -128,6 +128,15 @@ def pufferfish(rank_ratio: float, batch_size: int = 256) -> dict:
           "lowrank.shrink_eps": 0.0, "lowrank.dense_warmup_steps": epochs(1, batch_size), "layers.rank_ratio": rank_ratio}
 
 
+def cuttlefish(c: ml_collections.ConfigDict, *, track_every_epochs: float = 1.0) -> dict:
+  """config.cuttlefish's fields (experiment/methods/cuttlefish.py), measuring the stable ranks every
+  `track_every_epochs` (in steps where the config counts steps)."""
+  fields = dict(methods.REGISTRY["cuttlefish"].defaults, track_every_epochs=0.0)
+  if c.num_epochs:
+    return dict(fields, track_every_epochs=track_every_epochs)
+  return dict(fields, track_every=epochs(track_every_epochs, c.batch_size))
+
+
 def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: int,
        method: str = "srste") -> ml_collections.ConfigDict:
   """Turns a dense config into N:M training: N:M layers everywhere but `keep_dense`, config.nm's fields

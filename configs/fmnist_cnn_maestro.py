@@ -16,12 +16,14 @@ from experiment.config import parse_arg
 def get_config(arg: str | None = None):
   c = common.base(dict(name="cnn", channels=(32, 64), hidden=256), fmnist_epochs=10)
   c = common.maestro(c, keep_dense=("conv1", "head"), group_lasso=1e-4, shrink_eps=1e-3)
+  c.cuttlefish = common.cuttlefish(c, track_every_epochs=0.125)  # The sweep's Cuttlefish baseline.
   return common.apply_args(c, parse_arg(arg))
 
 
 def get_sweep():
-  """Dense, Maestro and the Pufferfish-style baseline (fixed rank ratio after one dense epoch) at ρ = 0.43, about
-  Maestro's size (conv2: 28, fc: 111 ranks; 389,770 parameters), three seeds."""
+  """Dense, Maestro, the Pufferfish-style baseline (fixed rank ratio after one dense epoch) at ρ = 0.43, about
+  Maestro's size (conv2: 28, fc: 111 ranks; 389,770 parameters), and Cuttlefish, three seeds."""
   return dict(seeds=(0, 1, 2), runs=[dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
                                      dict(name="maestro", group="Maestro", overrides={}),
-                                     dict(name="pufferfish_0.43", group="Pufferfish", overrides=common.pufferfish(0.43))])
+                                     dict(name="pufferfish_0.43", group="Pufferfish", overrides=common.pufferfish(0.43)),
+                                     dict(name="cuttlefish", group="Cuttlefish", overrides={"layers.type": "cuttlefish"})])

@@ -22,16 +22,19 @@ def get_config(arg: str | None = None):
   c = common.base(dict(name="mlp", hidden=(1024, 1024)), fmnist_epochs=12)
   c = common.maestro(c, keep_dense=("head",), group_lasso=7e-5, shrink_eps=1e-3)
   c.lowrank.distill = True
+  c.cuttlefish = common.cuttlefish(c, track_every_epochs=0.125)  # The sweep's Cuttlefish (fmnist_mlp_cuttlefish.py).
   return common.apply_args(c, parse_arg(arg))
 
 
 def get_sweep():
-  """Dense, Maestro at two group-lasso budgets and the Pufferfish-style baseline (a fixed rank ratio after one dense
-  epoch; fmnist_mlp_pufferfish.py's fields, at this config's 12 epochs) at two ratios, three seeds."""
+  """Dense, Maestro at two group-lasso budgets, the Pufferfish-style baseline (a fixed rank ratio after one dense
+  epoch; fmnist_mlp_pufferfish.py's fields, at this config's 12 epochs) at two ratios, and Cuttlefish (ranks chosen
+  by the stable ranks; fmnist_mlp_cuttlefish.py), three seeds."""
   return dict(seeds=(0, 1, 2), runs=[
       dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
       dict(name="maestro_7e-5", group="Maestro", overrides={"lowrank.group_lasso": 7e-5}),
       dict(name="maestro_3e-4", group="Maestro", overrides={"lowrank.group_lasso": 3e-4}),
       dict(name="pufferfish_0.12", group="Pufferfish", overrides=common.pufferfish(0.12)),
       dict(name="pufferfish_0.06", group="Pufferfish", overrides=common.pufferfish(0.06)),
+      dict(name="cuttlefish", group="Cuttlefish", overrides={"layers.type": "cuttlefish"}),
   ])

@@ -90,9 +90,12 @@ def datasets(config: ml_collections.ConfigDict) -> Splits:
   return splits
 
 
-def model(config: ml_collections.ConfigDict, dense: bool = False) -> nnx.Module:
-  """The configured model; `dense=True`: the same model with every layer dense."""
-  layers = methods.layer_factory({"type": "dense"} if dense else config.layers, jnp.dtype(config.compute_dtype))
+def model(config: ml_collections.ConfigDict, method_state: dict | None = None, *, dense: bool = False) -> nnx.Module:
+  """The model `config.layers` describes; at a `method_state` (one saved with a checkpoint; {}: a fresh start), the
+  model the method trains then (e.g. dense during Maestro's dense warm-up); `dense=True`: every layer dense."""
+  layers = {"type": "dense"} if dense else config.layers if method_state is None else methods.layers(config,
+                                                                                                    method_state)
+  layers = methods.layer_factory(layers, jnp.dtype(config.compute_dtype))
   spec = dataset(config)
   try:
     return models.build(config.model, layers, input_shape=spec.input_shape, num_classes=spec.num_classes,

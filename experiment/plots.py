@@ -10,7 +10,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiment import metrics  # noqa: E402
+from experiment import methods, metrics  # noqa: E402
 
 STEP = "step (optimizer updates)"
 DATASETS = {"fashion_mnist": "Fashion-MNIST", "austen": "Jane Austen (characters)", "cifar10": "CIFAR-10",
@@ -35,11 +35,9 @@ def experiment_name(config: dict) -> str:
 
 
 def objective(config: dict) -> str:
-  """What `train/loss` sums: the cross-entropy, and for low-rank runs the distillation term and the group-lasso
-  penalty where they are on."""
-  terms = ["cross-entropy"]
-  if config["layers"]["type"] == "lowrank":
-    terms += ["distillation"] * config["lowrank"]["distill"] + ["penalty"] * (config["lowrank"]["group_lasso"] > 0)
+  """What `train/loss` sums: the cross-entropy, and the terms the run's method adds (e.g. Maestro's distillation
+  and group-lasso penalty, where they are on)."""
+  terms = ["cross-entropy", *methods.REGISTRY[config["layers"]["type"]].objective(config)]
   return f"training objective\n({' + '.join(terms)})"
 
 

@@ -30,8 +30,18 @@ class Result:
     return self.rows[-1]
 
   @property
-  def layers(self) -> str:
-    return self.config["layers"]["type"]
+  def low_rank(self) -> bool:
+    """It logged ranks (rank/<layer>): a low-rank method, whichever (the report names none)."""
+    return any(k.startswith("rank/") for k in self.final)
+
+  @property
+  def sparse(self) -> bool:
+    """It logged an N:M pattern (nm/n)."""
+    return "nm/n" in self.final
+
+  @property
+  def dense(self) -> bool:
+    return not (self.low_rank or self.sparse)
 
   @property
   def params(self) -> float:
@@ -99,17 +109,17 @@ def table(results: list[Result]) -> list[dict]:
       pct = key == "eval/accuracy"
       row[f"{key.removeprefix('eval/')}{' (%)' if pct else ''}"] = mean_std(values, 100 if pct else 1, 2 if pct else 4)
     row["params (nonzero)"] = f"{statistics.mean(r.params for r in runs):,.0f}"
-    for key, label, fmt in (("sparsity/total", "sparsity", ".3f"), ("time/train_s", "train time (s)", ".0f")):
+    for key, column, fmt in (("sparsity/total", "sparsity", ".3f"), ("time/train_s", "train time (s)", ".0f")):
       values = [f[key] for f in finals if key in f]
-      row[label] = format(statistics.mean(values), fmt) if values else "—"
+      row[column] = format(statistics.mean(values), fmt) if values else "—"
     rows.append(row)
   return rows
 
 
 def nm_table(results: list[Result], key: str) -> list[dict]:
   """N:M sweeps: one row per method (and dense), one column per N:M level: `key` as mean ± std (seeds)."""
-  groups, dense = _groups(results, "nm"), [r.final[key] for r in results if r.layers == "dense" and key in r.final]
-  levels = sorted({(r.config["layers"]["n"], r.config["layers"]["m"]) for r in results if r.layers == "nm"},
+  groups, dense = _groups(results, Result.sparse), [r.final[key] for r in results if r.dense and key in r.final]
+  levels = sorted({(r.config["layers"]["n"], r.config["layers"]["m"]) for r in results if r.sparse},
                   key=lambda nm: nm[0] / nm[1], reverse=True)
   if not levels:  # No N:M runs (e.g. a low-rank sweep): no table.
     return []
@@ -123,11 +133,11 @@ def nm_table(results: list[Result], key: str) -> list[dict]:
   return rows
 
 
-def _groups(results: list[Result], kind: str) -> dict[str, dict[str, list[Result]]]:
-  """group -> run name -> seeds, of the runs with `kind` layers."""
+def _groups(results: list[Result], kind: property) -> dict[str, dict[str, list[Result]]]:
+  """group -> run name -> seeds, of the runs of that `kind` (Result.sparse, Result.low_rank)."""
   out: dict[str, dict[str, list[Result]]] = {}
   for r in results:
-    if r.layers == kind:
+    if kind.fget(r):
       out.setdefault(r.group, {}).setdefault(r.name, []).append(r)
   return out
 
@@ -162,7 +172,7 @@ def _mean_std_line(ax, points: list[tuple[float, list[float]]], **style) -> None
 
 def _dense_line(ax, results: list[Result], key: str, scale: float) -> list[int]:
   """The dense runs' mean as a horizontal line, ± std as a band where there are 2 or more seeds; their seed count."""
-  dense = [r.final[key] * scale for r in results if r.layers == "dense" and key in r.final]
+  dense = [r.final[key] * scale for r in results if r.dense and key in r.final]
   if dense:
     mean = statistics.mean(dense)
     ax.axhline(mean, color="black", ls="--", lw=1, label=_dense_label(dense, scale))
@@ -179,7 +189,7 @@ def _dense_label(values: list[float], scale: float) -> str:
 
 def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accuracy") -> pathlib.Path | None:
   """Test accuracy against the N:M level (sparsity 1 − N/M of the N:M layers), one line per method."""
-  groups = _groups(results, "nm")
+  groups = _groups(results, Result.sparse)
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
@@ -207,7 +217,7 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
   """Test accuracy against parameters of the low-rank runs (mean ± std per run name), the dense runs, and
   `baselines` (name -> [(params, accuracy)]: e.g. post-hoc SVD truncation of the dense run at each low-rank run's
   ranks), each baseline one curve sorted by parameters."""
-  groups = _groups(results, "lowrank")
+  groups = _groups(results, Result.low_rank)
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
@@ -219,7 +229,7 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
   for name, points in baselines.items():
     ax.plot(*zip(*sorted((p, a * scale) for p, a in points)), marker="D", ms=5, ls=":",
             label=f"{name}, at each low-rank run's ranks")
-  dense = [r for r in results if r.layers == "dense"]
+  dense = [r for r in results if r.dense]
   if dense:
     values = [r.final[key] * scale for r in dense]
     counts.append(len(dense))
@@ -234,8 +244,8 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
 
 def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Path | None:
   """Kept ranks (low rank: the sum over layers) and N:M sparsity, against the step, of `results`, as steps."""
-  lowrank = [r for r in results if r.layers == "lowrank"]
-  nm = [r for r in results if r.layers == "nm"]
+  lowrank = [r for r in results if r.low_rank]
+  nm = [r for r in results if r.sparse]
   panels = [p for p in (("kept rank, summed over layers", "rank (components)", lowrank, _rank_sum),
                         ("sparsity of all parameters", "sparsity (fraction of weights pruned)", nm,
                          lambda rows: plots.series(rows, "sparsity/total"))) if p[2]]

@@ -1,10 +1,16 @@
-"""Maestro: trainable low-rank ordered decomposition (ALGORITHMS.md part A)."""
+"""Maestro: trainable low-rank ordered decomposition (ALGORITHMS.md part A); Cuttlefish's automatic rank
+selection (part C, lowrank/cuttlefish.py)."""
 
 import jax.numpy as jnp
 
+from lowrank.cuttlefish import Cuttlefish
 from lowrank.group_lasso import group_lasso, hierarchical_group_lasso, rank_importance
 from lowrank.layers import LowRankConv, LowRankLinear, default_rank
 from lowrank.maestro import Maestro, kept_ranks, lod_layers, penalty, ranks, sample_ranks, set_active_ranks, slice_to
+
+__all__ = ["Cuttlefish", "LowRankConv", "LowRankLinear", "Maestro", "conv", "default_rank", "group_lasso",
+           "hierarchical_group_lasso", "kept_ranks", "linear", "lod_layers", "penalty", "rank_importance", "ranks",
+           "sample_ranks", "set_active_ranks", "slice_to"]
 
 
 def linear(in_features, out_features, *, rngs, name="", rank_ratio=1.0, ranks=None, init="spectral",

@@ -107,9 +107,15 @@ def test_rank_sweep_curves_are_sorted_by_size(tmp_path, figures):
       assert list(line.get_xdata()) == sorted(line.get_xdata())
 
 
+def logged_by(config: dict) -> dict:
+  """What a run of `config` logs that tells the report its kind: ranks, or an N:M pattern."""
+  layers = config["layers"]
+  return {"lowrank": {"rank/fc1": 8}, "nm": {"nm/n": layers.get("n"), "nm/m": layers.get("m")}}.get(layers["type"], {})
+
+
 def result(name: str, group: str, seed: int, config: dict, accuracy: float, params: float = 1000.0) -> report.Result:
   return report.Result(name, group, seed, pathlib.Path(name), config,
-                       [{"step": 10, "eval/accuracy": accuracy, "params/effective": params}])
+                       [{"step": 10, "eval/accuracy": accuracy, "params/effective": params, **logged_by(config)}])
 
 
 def lowrank_sweep(seeds: tuple[int, ...], dense_seeds: tuple[int, ...]) -> list[report.Result]:
@@ -150,7 +156,8 @@ def test_report_nm_plot_says_how_many_seeds_and_bands_the_dense_line(tmp_path, f
 def test_report_trajectories_are_labelled_steps(tmp_path, figures):
   rows = [{"step": s, "rank/fc1": r, "rank/fc2": r, "sparsity/total": 0.1 * s} for s, r in ((5, 8), (10, 6), (15, 6))]
   runs = [report.Result("maestro", "Maestro", 0, tmp_path, MAESTRO, rows),
-          report.Result("sdgf", "SDGF", 0, tmp_path, NM, rows)]
+          report.Result("sdgf", "SDGF", 0, tmp_path, NM, [{"step": r["step"], "sparsity/total": r["sparsity/total"],
+                                                           "nm/n": 1, "nm/m": 8} for r in rows])]
   report.plot_trajectories(runs, tmp_path)
   (fig,) = figures
   assert_labelled(fig)

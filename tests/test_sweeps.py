@@ -213,7 +213,8 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
 def test_text_sweeps_are_plotted_in_bits_per_char(tmp_path):
   config = {"dataset": {"name": "austen"}, "model": {"name": "lm"}, "layers": {"type": "nm", "n": 1, "m": 8}}
   results = [report.Result("ste_1of8", "STE", seed, tmp_path, config,
-                           [{"step": 10, "eval/accuracy": 0.5, "eval/bits_per_char": 2.0 + seed}]) for seed in (0, 1)]
+                           [{"step": 10, "eval/accuracy": 0.5, "eval/bits_per_char": 2.0 + seed, "nm/n": 1, "nm/m": 8}])
+             for seed in (0, 1)]
   key = report.metric(results)
   assert key == "eval/bits_per_char" and report.metric([]) == "eval/accuracy"
   assert report.plot_nm(results, tmp_path, key).stat().st_size > 10_000
@@ -222,7 +223,9 @@ def test_text_sweeps_are_plotted_in_bits_per_char(tmp_path):
 
 def test_a_sweep_without_nm_runs_has_no_nm_level_table(tmp_path):
   dense = report.Result("dense", "dense", 0, tmp_path, {"layers": {"type": "dense"}}, [{"step": 1, "eval/accuracy": 0.9}])
-  lowrank = dataclasses.replace(dense, name="maestro", group="Maestro", config={"layers": {"type": "lowrank"}})
+  lowrank = dataclasses.replace(dense, name="maestro", group="Maestro", config={"layers": {"type": "lowrank"}},
+                                rows=[{"step": 1, "eval/accuracy": 0.9, "rank/fc1": 8}])
   assert report.nm_table([dense, lowrank], "eval/accuracy") == []
-  nm = dataclasses.replace(dense, name="ste_1of8", group="STE", config={"layers": {"type": "nm", "n": 1, "m": 8}})
+  nm = dataclasses.replace(dense, name="ste_1of8", group="STE", config={"layers": {"type": "nm", "n": 1, "m": 8}},
+                           rows=[{"step": 1, "eval/accuracy": 0.9, "nm/n": 1, "nm/m": 8}])
   assert [r["method"] for r in report.nm_table([dense, nm], "eval/accuracy")] == ["dense", "STE"]

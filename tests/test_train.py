@@ -57,11 +57,13 @@ SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at st
 @pytest.mark.parametrize("config,extra", [  # The CNN and Pufferfish cases add no code path: slow.
     (SMOKE, {}), pytest.param("configs/fmnist_cnn_dense.py:smoke", {}, marks=pytest.mark.slow),
     (MAESTRO_SMOKE, SHRINK), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow),
-    (SMOKE, {"optimizer.accumulate_steps": 2, "optimizer.ema_decay": 0.9})])
+    (SMOKE, {"optimizer.accumulate_steps": 2, "optimizer.ema_decay": 0.9}),
+    ("configs/fmnist_mlp_cuttlefish.py:smoke", {"cuttlefish.window": 5})])  # Settled at step 10, switches at 12.
 def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
   an uninterrupted run ends: same parameters, optimizer state, metrics (and,
-  for Maestro, the ranks kept by a shrink before the kill)."""
+  for Maestro, the ranks kept by a shrink before the kill; for Cuttlefish, the
+  switch after it, from the stable ranks measured before)."""
   overrides = {**tiny_data, "checkpoint_every": 5, "keep_checkpoints": 10, **extra}
   straight = tmp_path / "straight"
   run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)

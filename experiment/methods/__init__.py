@@ -1,6 +1,7 @@
-"""The training methods by name (`config.layers.type`), each declared in a module of its own (maestro.py, nm.py):
-its layer builders and their `config.layers` options, its config section with defaults (unknown keys are
-refused), its `:smoke` changes, how its hooks are made from the section, and a dense warm-up it may start with.
+"""The training methods by name (`config.layers.type`), each declared in a module of its own (maestro.py, nm.py,
+cuttlefish.py): its layer builders and their `config.layers` options, its config section with defaults (unknown
+keys are refused), its `:smoke` changes, how its hooks are made from the section, and the models it moves
+between (Maestro's dense warm-up, Cuttlefish's switch).
 Adding a method: one module with a `METHOD = Spec(...)`, and its line in REGISTRY. Nothing above this package
 names a method.
 
@@ -13,11 +14,11 @@ import ml_collections
 from flax import nnx
 
 from experiment.config import ConfigError
-from experiment.methods import maestro, nm
+from experiment.methods import cuttlefish, maestro, nm
 from experiment.methods.base import Forward, Method, Spec  # noqa: F401 - the package's API.
 from models.layers import LayerFactory
 
-REGISTRY = {spec.name: spec for spec in (Spec("dense"), maestro.METHOD, nm.METHOD)}
+REGISTRY = {spec.name: spec for spec in (Spec("dense"), maestro.METHOD, nm.METHOD, cuttlefish.METHOD)}
 
 
 def spec_of(config: ml_collections.ConfigDict) -> Spec:
@@ -64,6 +65,6 @@ def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Method:
     raise ConfigError(f"config.{spec.section}.{e}") from e
 
 
-def dense_warmup_steps(config: ml_collections.ConfigDict) -> int:
-  """Updates the configured method trains the dense model before switching to its own (0: none)."""
-  return spec_of(config).dense_warmup(config)
+def layers(config: ml_collections.ConfigDict, state: dict) -> dict:
+  """The `config.layers` of the configured method's model at method state `state` ({}: a fresh start)."""
+  return dict(spec_of(config).layers(config, state))

@@ -33,12 +33,12 @@ class Method:
     return False
 
   def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> bool:
-    """Between steps, outside jit, when due; True if it changed shapes or the
-    graph (one recompilation follows)."""
+    """Between steps, outside jit, when due; True if it changed shapes or the graph (one recompilation follows),
+    or if its `state` now asks for another model (`Spec.layers`: the trainer then builds that one)."""
     return False
 
   def state(self, step: int, model: nnx.Module) -> dict:
-    """JSON method state saved with each checkpoint (it may decide shapes, so it is restored first)."""
+    """JSON method state saved with each checkpoint (it may decide shapes and the model, so it is read first)."""
     return {}
 
   def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, state: dict) -> None:
@@ -48,12 +48,21 @@ class Method:
     return {}
 
 
+def same_layers(config: ml_collections.ConfigDict, state: dict) -> ml_collections.ConfigDict:
+  return config.layers
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A method. `linear`/`conv`: its layer builders, given `config.layers`' options (`layer_options`: their names
   and defaults) and what the model passes; `section`/`defaults`: its config section and every key it has;
-  `make(config, model)`: its hooks; `smoke(config)`: its changes to a `:smoke` config; `dense_warmup(config)`:
-  updates trained dense before `switch(dense, target)` copies the dense model into the method's (its SVD)."""
+  `make(config, model)`: its hooks for that model; `smoke(config)`: its changes to a `:smoke` config;
+  `objective(config)`: the terms it adds to the cross-entropy (a config or a config.json's dict), for plots.
+
+  A method that moves from one model to another during training (Maestro after a dense warm-up, Cuttlefish at
+  its switch to low rank) says which in its state: `layers(config, state)` is the `config.layers` its model is
+  built from at method state `state` ({}: a fresh start), and `switch(old, new)` fills a new model from the one
+  before (the SVD of its kernels); the trainer then gives it fresh hooks and fresh optimizer moments."""
   name: str
   linear: Callable[..., nnx.Module] = dense_linear
   conv: Callable[..., nnx.Module] = dense_conv
@@ -62,5 +71,6 @@ class Spec:
   defaults: dict = dataclasses.field(default_factory=dict)
   make: Callable[[ml_collections.ConfigDict, nnx.Module], Method] = lambda config, model: Method()
   smoke: Callable[[ml_collections.ConfigDict], None] = lambda config: None
-  dense_warmup: Callable[[ml_collections.ConfigDict], int] = lambda config: 0
+  objective: Callable[[ml_collections.ConfigDict | dict], list[str]] = lambda config: []
+  layers: Callable[[ml_collections.ConfigDict, dict], ml_collections.ConfigDict | dict] = same_layers
   switch: Callable[[nnx.Module, nnx.Module], None] | None = None

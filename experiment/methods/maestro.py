@@ -3,7 +3,7 @@
 import ml_collections
 
 import lowrank
-from experiment.methods.base import Spec
+from experiment.methods.base import Method, Spec
 from lowrank import deploy
 
 # config.lowrank: each key, its default and meaning.
@@ -22,11 +22,34 @@ DEFAULTS = dict(
 TRAINER_FIELDS = ("dense_warmup_steps", "dense_warmup_epochs", "shrink_every_epochs")  # Not lowrank.Maestro's.
 
 
-def make(config: ml_collections.ConfigDict, model) -> lowrank.Maestro:
+class DenseWarmup(Method):
+  """Plain training of the dense model until update `until`; its state then asks for the LoD model (`layers`)."""
+
+  def __init__(self, until: int):
+    self.until = until
+
+  def host_update_due(self, step: int) -> bool:
+    return step == self.until
+
+  def host_update(self, step, model, optimizer) -> bool:
+    return True  # The state below now names the LoD model: the trainer switches to it.
+
+  def state(self, step: int, model) -> dict:
+    return {"dense_warmup": step < self.until}
+
+
+def make(config: ml_collections.ConfigDict, model) -> lowrank.Maestro | DenseWarmup:
   c = config.lowrank
   if not (isinstance(c.dense_warmup_steps, int) and c.dense_warmup_steps >= 0):
     raise ValueError(f"dense_warmup_steps={c.dense_warmup_steps!r} must be an integer >= 0")
-  return lowrank.Maestro(**{k: v for k, v in c.items() if k not in TRAINER_FIELDS})
+  maestro = lowrank.Maestro(**{k: v for k, v in c.items() if k not in TRAINER_FIELDS})
+  return DenseWarmup(c.dense_warmup_steps) if c.dense_warmup_steps and not lowrank.lod_layers(model) else maestro
+
+
+def layers(config: ml_collections.ConfigDict, state: dict) -> dict:
+  """Every layer dense during the dense warm-up (a fresh start with one, or its checkpoints); LoD after."""
+  dense = state.get("dense_warmup", not state and config.lowrank.dense_warmup_steps > 0)
+  return {**config.layers, "keep_dense": ("*",)} if dense else config.layers
 
 
 def smoke(c: ml_collections.ConfigDict) -> None:
@@ -35,6 +58,11 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   c.lowrank.dense_warmup_steps = 5 if c.lowrank.dense_warmup_steps or c.lowrank.dense_warmup_epochs else 0
 
 
+def objective(config) -> list[str]:
+  c = config["lowrank"]
+  return ["distillation"] * c["distill"] + ["penalty"] * (c["group_lasso"] > 0)
+
+
 METHOD = Spec("lowrank", lowrank.linear, lowrank.conv, layer_options=dict(rank_ratio=1.0, ranks={}, init="spectral"),
-              section="lowrank", defaults=DEFAULTS, make=make, smoke=smoke,
-              dense_warmup=lambda config: config.lowrank.dense_warmup_steps, switch=deploy.copy_svd)
+              section="lowrank", defaults=DEFAULTS, make=make, smoke=smoke, objective=objective, layers=layers,
+              switch=deploy.copy_svd)

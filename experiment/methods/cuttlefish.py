@@ -1,0 +1,44 @@
+"""Cuttlefish (lowrank/cuttlefish.py, ALGORITHMS.md C): `layers.type=cuttlefish`, configured by
+`config.cuttlefish`. Full rank until the tracked stable ranks settle, then LoD layers at the ranks they choose;
+the layers in `config.layers.keep_dense` are neither tracked nor factorized."""
+
+import ml_collections
+
+from experiment.methods.base import Spec
+from lowrank import cuttlefish, deploy
+
+# config.cuttlefish: each key, its default and meaning (the reference's values).
+DEFAULTS = dict(
+    track_every=0,            # Measure the stable ranks every this many updates ...
+    track_every_epochs=1.0,   # ... or epochs of the train split (the reference: every epoch).
+    window=15,                # Measurements before a layer can be stable, and the EMA's span (α = 2/(window + 1)).
+    recent=11,                # Mean |gradient| of the EMA over this many last measurements ...
+    tolerance=0.1,            # ... at most this: stable.
+    relax=1.0,                # Tolerance x relax with 2 layers unstable, x 2·relax with 1 (the reference: 2.5 for
+                              # ResNet-18 and VGG-19).
+    frobenius_decay=1e-4,     # λ of λ/2·‖down·up‖²_F per factorized layer after the switch.
+)
+
+
+def make(config: ml_collections.ConfigDict, model) -> cuttlefish.Cuttlefish:
+  return cuttlefish.Cuttlefish(model, **{k: v for k, v in config.cuttlefish.items() if k != "track_every_epochs"})
+
+
+def layers(config: ml_collections.ConfigDict, state: dict) -> dict:
+  """Dense and tracked until the switch; then LoD at the ranks it chose."""
+  return {**config.layers, "ranks": {**config.layers.get("ranks", {}), **state["ranks"]}} if "ranks" in state \
+      else config.layers
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+  """A switch that a 20-step run sees: a measurement every 2 updates, stable after 3 whatever the ranks do
+  (any tolerance is met), so the ranks are chosen at step 8."""
+  c.cuttlefish.update(track_every=2, track_every_epochs=0.0, window=3, recent=2, tolerance=1e9)
+
+
+def objective(config) -> list[str]:
+  return ["Frobenius decay after the switch"] * (config["cuttlefish"]["frobenius_decay"] > 0)
+
+
+METHOD = Spec("cuttlefish", cuttlefish.linear, cuttlefish.conv, layer_options=dict(ranks={}), section="cuttlefish",
+              defaults=DEFAULTS, make=make, smoke=smoke, objective=objective, layers=layers, switch=deploy.copy_svd)
