@@ -89,7 +89,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.update(dim=64, depth=2, num_heads=2, mlp_dim=128)
   c.recalibrate_batches = min(c.recalibrate_batches, 2)
   for spec in methods.REGISTRY.values():  # Every method the config has a section of (sweeps switch between them).
-    if spec.section in c:
+    if spec.sections and all(section in c for section in spec.sections):
       spec.smoke(c)
   for field in IN_EPOCHS.values():  # Every step count above is in steps.
     if get_field(c, field) is not None:
@@ -112,7 +112,7 @@ def maestro(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], group_
   (experiment/methods/maestro.py) with a shrink every `shrink_every_epochs` (in steps where the config counts
   steps)."""
   c.layers = dict(methods.REGISTRY["lowrank"].layer_options, type="lowrank", keep_dense=keep_dense)
-  c.lowrank = dict(methods.REGISTRY["lowrank"].defaults, sampler=sampler, group_lasso=group_lasso,
+  c.lowrank = dict(methods.REGISTRY["lowrank"].sections["lowrank"], sampler=sampler, group_lasso=group_lasso,
                    shrink_eps=shrink_eps)
   if c.num_epochs:
     c.lowrank.shrink_every_epochs = shrink_every_epochs
@@ -131,7 +131,7 @@ def pufferfish(rank_ratio: float, batch_size: int = 256) -> dict:
 def cuttlefish(c: ml_collections.ConfigDict, *, track_every_epochs: float = 1.0) -> dict:
   """config.cuttlefish's fields (experiment/methods/cuttlefish.py), measuring the stable ranks every
   `track_every_epochs` (in steps where the config counts steps)."""
-  fields = dict(methods.REGISTRY["cuttlefish"].defaults, track_every_epochs=0.0)
+  fields = dict(methods.REGISTRY["cuttlefish"].sections["cuttlefish"], track_every_epochs=0.0)
   if c.num_epochs:
     return dict(fields, track_every_epochs=track_every_epochs)
   return dict(fields, track_every=epochs(track_every_epochs, c.batch_size))
@@ -142,7 +142,7 @@ def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: 
   """Turns a dense config into N:M training: N:M layers everywhere but `keep_dense`, config.nm's fields
   (experiment/methods/nm.py)."""
   c.layers = dict(methods.REGISTRY["nm"].layer_options, type="nm", keep_dense=keep_dense, n=n, m=m)
-  c.nm = dict(methods.REGISTRY["nm"].defaults, method=method)
+  c.nm = dict(methods.REGISTRY["nm"].sections["nm"], method=method)
   return c
 
 

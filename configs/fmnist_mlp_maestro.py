@@ -15,6 +15,7 @@ Rank sweep and SVD baseline: see the README. The sweep (get_sweep, 15 runs; docs
 """
 
 from configs import common
+from experiment import methods
 from experiment.config import parse_arg
 
 
@@ -23,6 +24,8 @@ def get_config(arg: str | None = None):
   c = common.maestro(c, keep_dense=("head",), group_lasso=7e-5, shrink_eps=1e-3)
   c.lowrank.distill = True
   c.cuttlefish = common.cuttlefish(c, track_every_epochs=0.125)  # The sweep's Cuttlefish (fmnist_mlp_cuttlefish.py).
+  c.layers.update(n=2, m=8)  # --config.layers.type=lowrank+nm: these LoD layers with 2:8-sparse factors ...
+  c.nm = dict(methods.REGISTRY["nm"].sections["nm"], method="srste")  # ... trained by this N:M rule too.
   return common.apply_args(c, parse_arg(arg))
 
 

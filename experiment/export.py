@@ -21,6 +21,7 @@ from flax import nnx
 
 from experiment import build
 from experiment.step import flops
+import lowrank
 from lowrank import deploy
 from sparsity import packing
 
@@ -81,7 +82,12 @@ def save_lowrank(folder: pathlib.Path, model: nnx.Module, config: ml_collections
 
 
 def save_nm(folder: pathlib.Path, model: nnx.Module, config: ml_collections.ConfigDict, report: dict) -> dict:
-  """An N:M model packed (`packing.pack_model`) in weights.npz; returns the report with its sizes in bytes."""
+  """An N:M model packed (`packing.pack_model`) in weights.npz; returns the report with its sizes in bytes. A model
+  with low-rank layers too (N:M factors) is rebuilt at the ranks it has."""
+  if ranks := lowrank.ranks(model):
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.layers.ranks = ranks
   arrays, patterns, sizes = packing.pack_model(model)
   report = {**report, "format": "nm", "patterns": patterns, "bytes": sizes}
   _write(folder, config, report)

@@ -50,7 +50,23 @@ def default_rank(name: str, fan_in: int, out: int, rank_ratio: float, ranks: dic
   return max(1, math.ceil(rank_ratio * min(fan_in, out) - 1e-9))
 
 
-class LowRankLinear(nnx.Module):
+class LowRank(nnx.Module):
+  """What LowRankLinear and LowRankConv share: the rank `r` of their factors and how a shrink cuts it."""
+
+  rank_multiple = 1  # A shrink keeps r a multiple of this (an N:M-sparse `up` needs whole groups along r).
+
+  @property
+  def rank(self) -> int:
+    return self.down.shape[-1]
+
+  def truncate(self, k: int) -> None:
+    """Keeps the first `k` components: the factors sliced (new shapes)."""
+    self.down = nnx.Param(self.down[...][..., :k])
+    self.up = nnx.Param(self.up[...][:k])
+    self.active_rank[...] = jnp.asarray(k, jnp.int32)
+
+
+class LowRankLinear(LowRank):
   """y = (x · down[:, :k]) · up[:k] + bias, `down: (in, r)`, `up: (r, out)`."""
 
   def __init__(self, in_features: int, out_features: int, *, rank: int, rngs: nnx.Rngs, use_bias: bool = True,
@@ -61,10 +77,6 @@ class LowRankLinear(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.active_rank = ActiveRank(jnp.array(rank, jnp.int32))
 
-  @property
-  def rank(self) -> int:
-    return self.down.shape[-1]
-
   def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
     keep = jnp.arange(self.rank) < self.active_rank[...]  # (r,)
     x, down, up = (a.astype(self.dtype) for a in (x, self.down[...], self.up[...]))
@@ -72,7 +84,7 @@ class LowRankLinear(nnx.Module):
     return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
-class LowRankConv(nnx.Module):
+class LowRankConv(LowRank):
   """A kh×kw conv from `in` to `r` channels (stride/padding/dilation of the
   original, no bias), then a 1×1 conv `up: (r, out)` with bias (unless `use_bias` is False).
   `down: (kh, kw, in, r)`; r_max = min(out, in·kh·kw)."""
@@ -90,10 +102,6 @@ class LowRankConv(nnx.Module):
     self.up = nnx.Param(up)
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.active_rank = ActiveRank(jnp.array(rank, jnp.int32))
-
-  @property
-  def rank(self) -> int:
-    return self.down.shape[-1]
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
     keep = jnp.arange(self.rank) < self.active_rank[...]

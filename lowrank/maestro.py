@@ -72,32 +72,30 @@ def penalty(model: nnx.Module, hierarchical: bool = True) -> jax.Array:
 
 
 def kept_ranks(model: nnx.Module, eps: float) -> dict[str, int]:
-  """The prefix of components with importance ≥ eps, per layer (at least 1)."""
-  return {layer.name: max(1, int(jnp.sum(rank_importance(layer.down[...], layer.up[...]) >= eps)))
-          for layer in lod_layers(model)}
+  """The prefix of components with importance ≥ eps, per layer: at least 1, rounded up to a multiple of the
+  layer's `rank_multiple` (at most its rank)."""
+  kept = {}
+  for layer in lod_layers(model):
+    k, multiple = int(jnp.sum(rank_importance(layer.down[...], layer.up[...]) >= eps)), layer.rank_multiple
+    kept[layer.name] = min(layer.rank, max(multiple, -(-k // multiple) * multiple))
+  return kept
 
 
 def slice_to(model: nnx.Module, new_ranks: dict[str, int], optimizer: nnx.Optimizer | None = None) -> None:
-  """Really shrinks: slices each layer's factors, and the optimizer state that
-  mirrors them, to its first `new_ranks[name]` components."""
-  paths = {}
+  """Really shrinks: slices each layer's factors (`truncate`), and the optimizer state that mirrors them, to its
+  first `new_ranks[name]` components."""
+  cut = []
   for path, layer in nnx.iter_graph(model):
     if isinstance(layer, (LowRankLinear, LowRankConv)) and new_ranks.get(layer.name, layer.rank) < layer.rank:
-      k = new_ranks[layer.name]
-      layer.down = nnx.Param(layer.down[...][..., :k])
-      layer.up = nnx.Param(layer.up[...][:k])
-      layer.active_rank[...] = jnp.asarray(k, jnp.int32)
-      paths[tuple(path)] = k
-  if optimizer is None or not paths:
+      layer.truncate(new_ranks[layer.name])
+      cut.append(tuple(path))
+  if optimizer is None or not cut:
     return
+  shapes = {p: v.shape for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if any(p[:len(c)] == c for c in cut)}
   flat = []
-  for path, var in nnx.to_flat_state(nnx.state(optimizer)):
-    k = next((k for p, k in paths.items() if path[-len(p) - 1:-1] == p), None)
-    if k is not None and path[-1] == "down":
-      var = var.replace(var[...][..., :k])
-    elif k is not None and path[-1] == "up":
-      var = var.replace(var[...][:k])
-    flat.append((path, var))
+  for path, var in nnx.to_flat_state(nnx.state(optimizer)):  # A parameter's moments (and EMA) end in its path.
+    shape = next((shape for p, shape in shapes.items() if path[-len(p):] == p), None)
+    flat.append((path, var.replace(var[...][tuple(map(slice, shape))]) if shape else var))
   nnx.update(optimizer, nnx.from_flat_state(flat))
 
 

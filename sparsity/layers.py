@@ -18,6 +18,7 @@ kernel, the input and the bias are cast, at use.
 """
 
 import dataclasses
+import fnmatch
 import functools
 
 import jax
@@ -25,6 +26,29 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sparsity.masks import nm_mask, unstructured_mask
+
+
+def pattern_for(name: str, n: int, m: int, patterns: dict | None) -> tuple[int, int]:
+  """The N:M of layer `name`: the first fnmatch pattern of `patterns` ({"block*/mlp/*": "1:8"}) that
+  matches it, else `n:m`."""
+  for pattern, nm in (patterns or {}).items():
+    if fnmatch.fnmatchcase(name, pattern):
+      try:
+        a, b = (int(v) for v in str(nm).split(":"))
+      except ValueError:
+        raise ValueError(f"config.layers.patterns[{pattern!r}]={nm!r} must look like '1:8'") from None
+      return a, b
+  return n, m
+
+
+def checked_pattern(name: str, n, m, patterns: dict | None) -> tuple[int, int]:
+  """`pattern_for`'s N:M, checked: integers 0 < N <= M."""
+  n, m = pattern_for(name, n, m, patterns)
+  if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+    raise ValueError(f"config.layers.n / config.layers.m (or config.layers.patterns): layer {name!r} has N:M = {n}:{m}; "
+                     f"need integers 0 < N <= M")
+  return n, m
+
 
 @dataclasses.dataclass(frozen=True)
 class Sparsity:
@@ -76,15 +100,16 @@ def _sr_ste_bwd(decay, residuals, g):
 _sr_ste.defvjp(_sr_ste_fwd, _sr_ste_bwd)
 
 
-class _NMKernel(nnx.Module):
-  """What NMLinear and NMConv share: the kernel, its mask and the forward rule."""
+class NMKernel(nnx.Module):
+  """What NMLinear, NMConv and NMFactor share: the kernel, its mask and the forward rule; `axis` is the one grouped
+  in M, `groups` a size it must stay divisible by (M, or every M its training will use)."""
 
   def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str, dtype: jnp.dtype) -> None:
     if kernel.shape[axis] % m:
       raise ValueError(f"config.layers.m (or config.layers.patterns): N:M layer {name!r} groups {kernel.shape[axis]} "
                        f"inputs, not divisible by M={m}; choose an M that divides {kernel.shape[axis]} or keep the "
                        f"layer dense with --config.layers.keep_dense")
-    self.name, self.axis, self.target, self.dtype = name, axis, (n, m), dtype
+    self.name, self.axis, self.target, self.groups, self.dtype = name, axis, (n, m), m, dtype
     self.kernel = nnx.Param(kernel)
     self.sparsity = Sparsity((n, m))
     self.alpha = MaskDecay(jnp.zeros((), jnp.float32))
@@ -113,7 +138,7 @@ class _NMKernel(nnx.Module):
     return w * soft if s.grad == "autodiff" else _straight_through(w, soft)
 
 
-class NMLinear(_NMKernel):
+class NMLinear(NMKernel):
   """y = x · (kernel ⊙ mask) + bias, `kernel: (in, out)`, groups of M inputs."""
 
   def __init__(self, in_features: int, out_features: int, *, n: int, m: int, rngs: nnx.Rngs, use_bias: bool = True,
@@ -127,7 +152,7 @@ class NMLinear(_NMKernel):
     return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
-class NMConv(_NMKernel):
+class NMConv(NMKernel):
   """A conv with an HWIO `kernel: (kh, kw, in, out)`; groups of M input channels
   at one spatial tap and one output channel."""
 
@@ -143,3 +168,26 @@ class NMConv(_NMKernel):
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), self.masked_kernel().astype(self.dtype), (self.strides,) * 2,
                                      self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
+
+
+class NMFactor(NMKernel):
+  """A trained matrix with its N:M mask (a factor of a low-rank layer, sparsity/lowrank.py), read like a
+  parameter: `factor[...]` is its effective (masked) value, assigning to it sets the trained `kernel`."""
+
+  def __init__(self, value: jax.Array, *, n: int, m: int, axis: int, name: str, dtype: jnp.dtype = jnp.float32):
+    self._init_sparsity(value, n, m, axis, name, dtype)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.kernel.shape
+
+  def __getitem__(self, index) -> jax.Array:
+    return self.masked_kernel()[index]
+
+  def __setitem__(self, index, value) -> None:
+    self.kernel[index] = value
+
+  def truncate(self, shape: tuple[int, ...]) -> None:
+    """The leading `shape` of the kernel (and of its recorded mask) kept."""
+    self.kernel = nnx.Param(self.kernel[...][tuple(map(slice, shape))])
+    self.logged_mask = Monitor(self.logged_mask[...][tuple(map(slice, shape))])

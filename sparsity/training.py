@@ -7,21 +7,24 @@ single recompilation. α(t) is computed inside the jitted step. Usable from any
 NNX training loop (examples/custom_loop.py); train.py builds it from `config.nm`.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparsity.layers import NMConv, NMLinear, Sparsity
+from sparsity.layers import NMKernel, Sparsity
 from sparsity.schedules import DECAYS, STRUCTURES, Phases, mask_decay, structure_decay_frames
 
 METHODS = ("ste", "srste", "mdgf", "sdgf", "unstructured")
 MDGF_GRADS = ("ste", "autodiff")
 
 
-def nm_layers(model: nnx.Module) -> list[tuple[tuple, NMLinear | NMConv]]:
-  """(path, layer) of every N:M layer, in graph order."""
-  return [(tuple(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, (NMLinear, NMConv))]
+def nm_layers(model: nnx.Module) -> list[tuple[tuple, NMKernel]]:
+  """(path, layer) of every N:M kernel (NMLinear, NMConv, and the NMFactor factors of low-rank layers), in graph
+  order."""
+  return [(tuple(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, NMKernel)]
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -55,7 +58,7 @@ class NMTraining:
     self.decay_coef = decay_coef or (5.0 if decay == "exp" else 2.0) / self.phases.sparse
     self.soft = method == "mdgf" or (method == "sdgf" and sdgf_decay)
     if not nm_layers(model):
-      raise ValueError("the model has no N:M layer (NMLinear, NMConv) to train")
+      raise ValueError("the model has no N:M layer (NMLinear, NMConv, NMFactor) to train")
     self.frames = {}  # layer name -> [(start t, n, m)] over the sparse phase.
     for _, layer in nm_layers(model):
       n, m = layer.target
@@ -69,6 +72,7 @@ class NMTraining:
                  f"{layer.kernel.shape[layer.axis]} inputs are not divisible by it; keep the layer dense or choose "
                  f"another structure or N:M")
       self.frames[layer.name] = frames
+      layer.groups = math.lcm(*(fm for _, _, fm in frames))  # What a shrink of its axis must keep whole.
     starts = {self.phases.warmup + t for frames in self.frames.values() for t, _, _ in frames}
     self.boundaries = (starts | {self.phases.warmup + self.phases.sparse}) - {0}
 

@@ -9,7 +9,7 @@ import sys
 from tests.conftest import ROOT
 
 # Each package may import the packages below it, never one beside or above it.
-LAYERS = [{"lowrank", "sparsity"}, {"models", "data"}, {"experiment"}, {"configs"},
+LAYERS = [{"lowrank"}, {"sparsity"}, {"models", "data"}, {"experiment"}, {"configs"},  # sparsity/lowrank.py: N:M LoD.
           {"train", "eval", "sweep", "benchmarks", "examples"}]
 LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in packages}
 

@@ -50,7 +50,7 @@ def test_unknown_layer_types_and_options_are_one_line_naming_the_field(layers, f
 
 def test_a_field_a_method_does_not_have_is_refused_naming_it():
   config = ml_collections.ConfigDict({"layers": {"type": "lowrank", "keep_dense": ()},
-                                      "lowrank": {**methods.REGISTRY["lowrank"].defaults, "shrink_evry": 5}})
+                                      "lowrank": {**methods.REGISTRY["lowrank"].sections["lowrank"], "shrink_evry": 5}})
   with pytest.raises(ConfigError, match="config.lowrank.shrink_evry"):
     methods.check(config)
   del config.lowrank["shrink_evry"]

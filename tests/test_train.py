@@ -58,12 +58,15 @@ SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at st
     (SMOKE, {}), pytest.param("configs/fmnist_cnn_dense.py:smoke", {}, marks=pytest.mark.slow),
     (MAESTRO_SMOKE, SHRINK), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow),
     (SMOKE, {"optimizer.accumulate_steps": 2, "optimizer.ema_decay": 0.9}),
-    ("configs/fmnist_mlp_cuttlefish.py:smoke", {"cuttlefish.window": 5})])  # Settled at step 10, switches at 12.
+    ("configs/fmnist_mlp_cuttlefish.py:smoke", {"cuttlefish.window": 5}),  # Settled at step 10, switches at 12.
+    (MAESTRO_SMOKE, {**SHRINK, "layers.type": "lowrank+nm", "nm.method": "sdgf"})])  # Shrinks at 5, 10, 15; the
+    # 2:8 SDGF frames 7:8, 4:8, 2:8 start at steps 0, 6, 13.
 def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
   an uninterrupted run ends: same parameters, optimizer state, metrics (and,
   for Maestro, the ranks kept by a shrink before the kill; for Cuttlefish, the
-  switch after it, from the stable ranks measured before)."""
+  switch after it, from the stable ranks measured before; for low rank + N:M,
+  both methods' state across shrinks and frames on either side)."""
   overrides = {**tiny_data, "checkpoint_every": 5, "keep_checkpoints": 10, **extra}
   straight = tmp_path / "straight"
   run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)

@@ -1,7 +1,7 @@
 """The training methods by name (`config.layers.type`), each declared in a module of its own (maestro.py, nm.py,
-cuttlefish.py): its layer builders and their `config.layers` options, its config section with defaults (unknown
-keys are refused), its `:smoke` changes, how its hooks are made from the section, and the models it moves
-between (Maestro's dense warm-up, Cuttlefish's switch).
+cuttlefish.py, lowrank_nm.py): its layer builders and their `config.layers` options, its config sections with
+defaults (unknown keys are refused), its `:smoke` changes, how its hooks are made from them, and the models it
+moves between (Maestro's dense warm-up, Cuttlefish's switch).
 Adding a method: one module with a `METHOD = Spec(...)`, and its line in REGISTRY. Nothing above this package
 names a method.
 
@@ -14,11 +14,12 @@ import ml_collections
 from flax import nnx
 
 from experiment.config import ConfigError
-from experiment.methods import cuttlefish, maestro, nm
-from experiment.methods.base import Forward, Method, Spec  # noqa: F401 - the package's API.
+from experiment.methods import cuttlefish, lowrank_nm, maestro, nm
+from experiment.methods.base import Composed, Forward, Method, Spec  # noqa: F401 - the package's API.
 from models.layers import LayerFactory
 
-REGISTRY = {spec.name: spec for spec in (Spec("dense"), maestro.METHOD, nm.METHOD, cuttlefish.METHOD)}
+REGISTRY = {spec.name: spec for spec in (Spec("dense"), maestro.METHOD, nm.METHOD, cuttlefish.METHOD,
+                                         lowrank_nm.METHOD)}
 
 
 def spec_of(config: ml_collections.ConfigDict) -> Spec:
@@ -37,14 +38,13 @@ def check(config: ml_collections.ConfigDict) -> None:
   if unknown := sorted(set(config.layers) - allowed):
     raise ConfigError(f"config.layers.{unknown[0]} is not an option of any layers.type; layers.type={spec.name!r} "
                       f"takes {sorted({'type', 'keep_dense', *spec.layer_options})}")
-  if not spec.section:
-    return
-  if spec.section not in config:
-    raise ConfigError(f"config.layers.type={spec.name!r} needs a config.{spec.section} section (fields "
-                      f"{sorted(spec.defaults)}), which this config has not; start from a config of that method")
-  if unknown := sorted(set(config[spec.section]) - set(spec.defaults)):
-    raise ConfigError(f"config.{spec.section}.{unknown[0]} is not a field of layers.type={spec.name!r}, which has "
-                      f"{sorted(spec.defaults)}")
+  for section, defaults in spec.sections.items():
+    if section not in config:
+      raise ConfigError(f"config.layers.type={spec.name!r} needs a config.{section} section (fields "
+                        f"{sorted(defaults)}), which this config has not; start from a config of that method")
+    if unknown := sorted(set(config[section]) - set(defaults)):
+      raise ConfigError(f"config.{section}.{unknown[0]} is not a field of layers.type={spec.name!r}, which has "
+                        f"{sorted(defaults)}")
 
 
 def layer_factory(layers: ml_collections.ConfigDict | dict, dtype) -> LayerFactory:
@@ -61,8 +61,8 @@ def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Method:
     return spec.make(config, model)
   except ConfigError:
     raise
-  except ValueError as e:  # The library names its argument: a field of the section.
-    raise ConfigError(f"config.{spec.section}.{e}") from e
+  except ValueError as e:  # The library names its argument: a field of the (first) section.
+    raise ConfigError(f"config.{next(iter(spec.sections))}.{e}") from e
 
 
 def layers(config: ml_collections.ConfigDict, state: dict) -> dict:

@@ -55,7 +55,8 @@ def same_layers(config: ml_collections.ConfigDict, state: dict) -> ml_collection
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A method. `linear`/`conv`: its layer builders, given `config.layers`' options (`layer_options`: their names
-  and defaults) and what the model passes; `section`/`defaults`: its config section and every key it has;
+  and defaults) and what the model passes; `sections`: its config sections, each {field: default} (every field
+  it has);
   `make(config, model)`: its hooks for that model; `smoke(config)`: its changes to a `:smoke` config;
   `objective(config)`: the terms it adds to the cross-entropy (a config or a config.json's dict), for plots.
 
@@ -67,10 +68,60 @@ class Spec:
   linear: Callable[..., nnx.Module] = dense_linear
   conv: Callable[..., nnx.Module] = dense_conv
   layer_options: dict = dataclasses.field(default_factory=dict)
-  section: str = ""
-  defaults: dict = dataclasses.field(default_factory=dict)
+  sections: dict[str, dict] = dataclasses.field(default_factory=dict)
   make: Callable[[ml_collections.ConfigDict, nnx.Module], Method] = lambda config, model: Method()
   smoke: Callable[[ml_collections.ConfigDict], None] = lambda config: None
   objective: Callable[[ml_collections.ConfigDict | dict], list[str]] = lambda config: []
   layers: Callable[[ml_collections.ConfigDict, dict], ml_collections.ConfigDict | dict] = same_layers
   switch: Callable[[nnx.Module, nnx.Module], None] | None = None
+
+
+class Composed(Method):
+  """Several methods' hooks on one model, by section ({"lowrank": Maestro, "nm": NMTraining}): each one's loss
+  wraps the next one's (so every forward pass Maestro's loss makes runs under the N:M rule), host updates run in
+  order, states and metrics side by side."""
+
+  def __init__(self, parts: dict[str, Method]):
+    self.parts = parts
+    self.observes = any(part.observes for part in parts.values())
+
+  def loss(self, model, step, key, forward):
+    extra = {}
+
+    def wrapped(part, inner, key):
+      def forward_of(model, soft_targets):
+        loss, logits, more = part.loss(model, step, key, lambda m, _: inner(m, soft_targets))
+        extra.update(more)
+        return loss, logits
+      return forward_of
+
+    keys = jax.random.split(key, len(self.parts))
+    for part, part_key in zip(reversed(list(self.parts.values())), keys):
+      forward = wrapped(part, forward, part_key)
+    loss, logits = forward(model, None)
+    return loss, logits, extra
+
+  def observe(self, model, step, grads) -> None:
+    for part in self.parts.values():
+      if part.observes:
+        part.observe(model, step, grads)
+
+  def host_update_due(self, step: int) -> bool:
+    return any(part.host_update_due(step) for part in self.parts.values())
+
+  def host_update(self, step, model, optimizer) -> bool:
+    changed = False
+    for part in self.parts.values():
+      if part.host_update_due(step):
+        changed |= part.host_update(step, model, optimizer)
+    return changed
+
+  def state(self, step, model) -> dict:
+    return {name: part.state(step, model) for name, part in self.parts.items()}
+
+  def restore(self, model, optimizer, state: dict) -> None:
+    for name, part in self.parts.items():
+      part.restore(model, optimizer, state.get(name, {}))
+
+  def metrics(self, step, model) -> dict[str, float]:
+    return {k: v for part in self.parts.values() for k, v in part.metrics(step, model).items()}

@@ -40,5 +40,6 @@ def objective(config) -> list[str]:
   return ["Frobenius decay after the switch"] * (config["cuttlefish"]["frobenius_decay"] > 0)
 
 
-METHOD = Spec("cuttlefish", cuttlefish.linear, cuttlefish.conv, layer_options=dict(ranks={}), section="cuttlefish",
-              defaults=DEFAULTS, make=make, smoke=smoke, objective=objective, layers=layers, switch=deploy.copy_svd)
+METHOD = Spec("cuttlefish", cuttlefish.linear, cuttlefish.conv, layer_options=dict(ranks={}),
+              sections={"cuttlefish": DEFAULTS}, make=make, smoke=smoke, objective=objective, layers=layers,
+              switch=deploy.copy_svd)

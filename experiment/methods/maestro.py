@@ -64,5 +64,5 @@ def objective(config) -> list[str]:
 
 
 METHOD = Spec("lowrank", lowrank.linear, lowrank.conv, layer_options=dict(rank_ratio=1.0, ranks={}, init="spectral"),
-              section="lowrank", defaults=DEFAULTS, make=make, smoke=smoke, objective=objective, layers=layers,
+              sections={"lowrank": DEFAULTS}, make=make, smoke=smoke, objective=objective, layers=layers,
               switch=deploy.copy_svd)

@@ -30,5 +30,5 @@ def make(config: ml_collections.ConfigDict, model) -> sparsity.NMTraining:
 
 # config.layers: n, m (the N:M of every N:M layer), patterns ({"fnmatch pattern": "n:m"}: per-layer-group N:M, the
 # first match wins).
-METHOD = Spec("nm", sparsity.linear, sparsity.conv, layer_options=dict(n=2, m=4, patterns={}), section="nm",
-              defaults=DEFAULTS, make=make)
+METHOD = Spec("nm", sparsity.linear, sparsity.conv, layer_options=dict(n=2, m=4, patterns={}),
+              sections={"nm": DEFAULTS}, make=make)
