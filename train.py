@@ -110,7 +110,9 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   window: list[dict] = []  # Per-step metrics since the last log step (device arrays until fetched; means logged).
   method.restore(model, optimizer, saved)
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
-  state = place((model_state, opt_state))
+  state = place((model_state, opt_state))  # The one training state: the steps update it, `live` reads it.
+  params = build.count_params(model)
+  del model, optimizer
   if start:
     state, data_state, window = checkpoints.restore(start, state)
     batches.set_state(data_state)
@@ -124,7 +126,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   earlier = [r["time/train_s"] for r in resumed if "time/train_s" in r]
   clock = time.time() - (earlier[-1] if earlier else 0.0)  # Wall time counts on from the resumed run's.
   if start == 0:
-    writer.write(0, {"params/total": build.count_params(model)}, console=False)
+    writer.write(0, {"params/total": params}, console=False)
   put_whole = sharding.batch_placer(mesh, whole=True)
   text = build.dataset(config).text  # Character targets: evaluation adds bits per character.
 
@@ -135,9 +137,10 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
                                                                      config.dataset.eval_limit or None),
                                             put_whole, text).items()}
 
-  def sync_model():
-    nnx.update(model, state[0])
-    nnx.update(optimizer, state[1])
+  def live() -> tuple[nnx.Module, nnx.Optimizer]:
+    """The model and optimizer as objects over the arrays of `state`, for the host's work between steps (metrics,
+    evaluation, host updates, the method's state); made anew each time, so nothing else must be kept in step."""
+    return nnx.merge(model_def, state[0]), nnx.merge(opt_def, state[1])
 
   def fetched(window: list[dict], step: int) -> list[dict]:
     """The window's metrics on the host (one transfer); a non-finite one stops the run, naming its step."""
@@ -184,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     bar.update()
     if log_step:
       window = fetched(window, step)  # The only wait on the device between log steps.
-      sync_model()
+      model, optimizer = live()
       logged = _window_means(window)
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
                  "flops/train_step": step_flops, "compiles/train_step": compilations["train_step"],
@@ -199,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       window = []
     if step < config.num_steps and method.host_update_due(step):
       window = fetched(window, step)  # A non-finite state is neither shrunk nor switched.
-      sync_model()
+      model, optimizer = live()
       if method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
         if (now := methods.layers(config, method.state(step, model))) != layers:  # The method moves to another
           # model (Maestro after its dense warm-up, Cuttlefish at its switch): built from its state and filled
@@ -217,8 +220,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     stop = stopping(step)
     if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
       window = fetched(window, step)  # No checkpoint ever holds a non-finite state.
-      sync_model()
-      checkpoints.save(step, state, batches.get_state(), method.state(step, model), window, primary=is_main)
+      checkpoints.save(step, state, batches.get_state(), method.state(step, live()[0]), window, primary=is_main)
     if stop and step < config.num_steps:
       bar.close()
       writer.close()
@@ -240,7 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   plots.sparsity(workdir)
   print(metrics.table([{
       "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
-      "params": int(final.get("params/effective", build.count_params(model))), "steps": config.num_steps,
+      "params": int(final["params/effective"]), "steps": config.num_steps,
       **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
       "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
       "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
