@@ -422,6 +422,9 @@ def main(argv) -> None:
       raise config_lib.ConfigError("--rank_fractions/--macs_budget need a run with low-rank layers; this one has none")
     if _EXPORT.value and not (lowrank_model or nm_model):
       raise config_lib.ConfigError("--export needs a run with low-rank or N:M layers; this one has neither")
+    if _EXPORT.value and _BUDGET.value and nm_model:
+      raise config_lib.ConfigError("--export packs a model with N:M layers at its trained ranks, not at those "
+                                   "--macs_budget searches; pass one of the two")
     if _EXPORT.value and any(layer.sparsity.unstructured for _, layer in nm_layers(model)):
       raise config_lib.ConfigError("--export packs N:M patterns; this run's masks are unstructured")
     fractions = rank_fractions()

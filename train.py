@@ -204,10 +204,11 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       window = fetched(window, step)  # A non-finite state is neither shrunk nor switched.
       model, optimizer = live()
       if method.host_update(step, model, optimizer):  # New shapes or graph: one recompilation.
-        if (now := methods.layers(config, method.state(step, model))) != layers:  # The method moves to another
-          # model (Maestro after its dense warm-up, Cuttlefish at its switch): built from its state and filled
-          # from this one (the SVD), with fresh hooks and fresh optimizer moments.
-          old, model, layers = model, build.model(config, method.state(step, model)), now
+        state_now = method.state(step, model)
+        if (now := methods.layers(config, state_now)) != layers:  # The method moves to another model (Maestro
+          # after its dense warm-up, Cuttlefish at its switch): built from its state and filled from this one (the
+          # SVD), with fresh hooks and fresh optimizer moments.
+          old, model, layers = model, build.model(config, state_now), now
           methods.spec_of(config).switch(old, model)
           method = methods.build(config, model)
           optimizer = build.optimizer_at(model, config, step)

@@ -22,10 +22,14 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep():
-  """Three seeds, 12 epochs each, of: low rank + N:M 2:8; Maestro alone at λ 3e-4 (about the composite's bytes as
-  float32 factors); N:M alone (SR-STE) at 1:16 (about the same packed bytes)."""
+  """Three seeds, 12 epochs each, of low rank + N:M 2:8 (about 1.1 MB of packed fc1 and fc2), and low rank alone
+  (Maestro, float32 factors) and N:M alone (SR-STE, packed) at about that size (λ 1.2e-4, 1:8) and at about half
+  of it (λ 3e-4, 1:16)."""
+  nm = lambda n, m: {"layers.type": "nm", "layers.n": n, "layers.m": m}
   return dict(seeds=(0, 1, 2), runs=[
       dict(name="lowrank+nm_2of8", group="low rank + N:M", overrides={}),
+      dict(name="maestro_1.2e-4", group="low rank", overrides={"layers.type": "lowrank", "lowrank.group_lasso": 1.2e-4}),
       dict(name="maestro_3e-4", group="low rank", overrides={"layers.type": "lowrank", "lowrank.group_lasso": 3e-4}),
-      dict(name="nm_1of16", group="N:M", overrides={"layers.type": "nm", "layers.n": 1, "layers.m": 16}),
+      dict(name="nm_1of8", group="N:M", overrides=nm(1, 8)),
+      dict(name="nm_1of16", group="N:M", overrides=nm(1, 16)),
   ])

@@ -34,7 +34,10 @@ def forward_macs(model: nnx.Module, config: ml_collections.ConfigDict) -> float:
 
 def from_dense(dense: nnx.Module, config: ml_collections.ConfigDict) -> nnx.Module:
   """The dense model with every layer that `config.layers` (type lowrank) factorizes replaced by its truncated SVD
-  at that layer's configured rank: post-hoc SVD truncation (the baseline), and the switch after a dense warm-up."""
+  at that layer's configured rank: post-hoc SVD truncation (the baseline), whatever method `config` trained."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.layers.type = "lowrank"
   lowrank_model = build.model(config)
   deploy.copy_svd(dense, lowrank_model)
   return lowrank_model

@@ -4,9 +4,10 @@ rank, switch to low rank once every tracked rank has stopped changing, at ranks 
 As in the reference (hwang595/Cuttlefish, utils.rank_estimation and layer_rank_stable_detector):
 - stable rank: int(‖W‖²_F / ‖W‖²_2) of the kernel as a (fan_in, out) matrix, measured at initialization and
   every `track_every` updates (the reference: every epoch);
-- a layer is stable once `window` measurements are in, when the mean of the last `recent` absolute gradients
-  (np.gradient) of the EMA (α = 2/(window + 1)) of its measurements is <= `tolerance` (x `relax` when two layers
-  are left unstable, x 2·`relax` when one is; the reference relaxes by 2.5 for ResNet-18 and VGG-19, 1 otherwise);
+- a layer is stable once `window` measurements after the first are in, when the mean of the last `recent`
+  absolute gradients (np.gradient) of the EMA (α = 2/(window + 1)) of its measurements is <= `tolerance`
+  (x `relax` when two layers are left unstable, x 2·`relax` when one is; the reference relaxes by 2.5 for
+  ResNet-18 and VGG-19, 1 otherwise);
   a stable layer stays stable;
 - once all are stable, the next measurement chooses the ranks: ceil(stable rank · full rank / its stable rank
   at initialization), at most the full rank min(fan_in, out); the factors are the truncated SVD, U·√S and √S·Vᵀ

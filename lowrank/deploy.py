@@ -55,6 +55,8 @@ def copy_sliced(model: nnx.Module, target: nnx.Module, chosen: dict[str, int]) -
     elif _is_lod(old):  # Back to dense: (kh, kw, in, r) @ (r, out) -> (kh, kw, in, out), or (in, out).
       module.kernel[...] = (old.down[...] @ old.up[...]).reshape(module.kernel.shape)
       _copy_bias(old, module)
+    elif _is_lod(module):
+      raise ValueError(f"layer {module.name!r} is dense in the model to slice; slice a model with LoD layers there")
   _copy_other_params(model, target)
 
 

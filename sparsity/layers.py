@@ -19,7 +19,6 @@ kernel, the input and the bias are cast, at use.
 
 import dataclasses
 import fnmatch
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +52,12 @@ def checked_pattern(name: str, n, m, patterns: dict | None) -> tuple[int, int]:
 @dataclasses.dataclass(frozen=True)
 class Sparsity:
   """pattern: (n, m), or None for dense. grad: `ste` (the gradient w.r.t. the
-  masked kernel, unmasked), `srste` (plus srste_decay·(1 − m)⊙W) or `autodiff`
-  (through the soft mask: pruned gradients scaled by α). soft: W ⊙ (m + α(1 − m)).
+  masked kernel, unmasked), `srste` (STE here; NMTraining's loss adds SR-STE's
+  term once per step, however often the kernel is read) or `autodiff` (through
+  the soft mask: pruned gradients scaled by α). soft: W ⊙ (m + α(1 − m)).
   unstructured: the same density, magnitude-pruned over the whole kernel."""
   pattern: tuple[int, int] | None
   grad: str = "ste"
-  srste_decay: float = 0.0
   soft: bool = False
   unstructured: bool = False
 
@@ -80,24 +79,6 @@ def _straight_through(w: jax.Array, soft_mask: jax.Array) -> jax.Array:
 
 
 _straight_through.defvjp(lambda w, soft_mask: (w * soft_mask, None), lambda _, g: (g, None))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _sr_ste(w: jax.Array, mask: jax.Array, decay: float) -> jax.Array:
-  """W ⊙ m forward; backward g + decay·(1 − m) ⊙ W (SR-STE). Keeps the bool mask, not a float copy."""
-  return jnp.where(mask, w, 0.0)
-
-
-def _sr_ste_fwd(w, mask, decay):
-  return jnp.where(mask, w, 0.0), (w, mask)
-
-
-def _sr_ste_bwd(decay, residuals, g):
-  w, mask = residuals
-  return g + decay * jnp.where(mask, 0.0, w), None
-
-
-_sr_ste.defvjp(_sr_ste_fwd, _sr_ste_bwd)
 
 
 class NMKernel(nnx.Module):
@@ -130,8 +111,6 @@ class NMKernel(nnx.Module):
     if s.pattern is None:
       return w
     mask = self.hard_mask(jax.lax.stop_gradient(w))
-    if s.grad == "srste":
-      return _sr_ste(w, mask, s.srste_decay)
     soft = mask.astype(w.dtype)
     if s.soft:
       soft = soft + self.alpha[...] * (1.0 - soft)

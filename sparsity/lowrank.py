@@ -18,31 +18,34 @@ from lowrank.layers import LowRankConv, LowRankLinear, default_rank
 from sparsity.layers import NMFactor, checked_pattern
 
 
-def _sparse_factors(layer, n: int, m: int, in_axis: int) -> None:
-  layer.down = NMFactor(layer.down[...], n=n, m=m, axis=in_axis, name=f"{layer.name}.down", dtype=layer.dtype)
-  layer.up = NMFactor(layer.up[...], n=n, m=m, axis=0, name=f"{layer.name}.up", dtype=layer.dtype)
+class _SparseFactors:
+  """What both layers add to their LoD base: the factors made NMFactors, and a shrink that slices them."""
+
+  def _sparsify(self, n: int, m: int, in_axis: int) -> None:
+    self.down = NMFactor(self.down[...], n=n, m=m, axis=in_axis, name=f"{self.name}.down", dtype=self.dtype)
+    self.up = NMFactor(self.up[...], n=n, m=m, axis=0, name=f"{self.name}.up", dtype=self.dtype)
+
+  @property
+  def rank_multiple(self) -> int:
+    return self.up.groups
+
+  def truncate(self, k: int) -> None:
+    self.down.truncate((*self.down.shape[:-1], k))
+    self.up.truncate((k, self.up.shape[1]))
+    self.active_rank[...] = jnp.asarray(k, jnp.int32)
 
 
-def _truncate(layer, k: int) -> None:
-  layer.down.truncate((*layer.down.shape[:-1], k))
-  layer.up.truncate((k, layer.up.shape[1]))
-  layer.active_rank[...] = jnp.asarray(k, jnp.int32)
-
-
-class NMLowRankLinear(LowRankLinear):
+class NMLowRankLinear(_SparseFactors, LowRankLinear):
   """An LoD linear layer with N:M-sparse factors (`down` grouped along `in`, `up` along `r`)."""
 
   def __init__(self, in_features: int, out_features: int, *, rank: int, n: int, m: int, rngs: nnx.Rngs,
                use_bias: bool = True, init: str = "spectral", name: str = "", dtype: jnp.dtype = jnp.float32):
     super().__init__(in_features, out_features, rank=rank, rngs=rngs, use_bias=use_bias, init=init, name=name,
                      dtype=dtype)
-    _sparse_factors(self, n, m, 0)
-
-  rank_multiple = property(lambda self: self.up.groups)
-  truncate = _truncate
+    self._sparsify(n, m, 0)
 
 
-class NMLowRankConv(LowRankConv):
+class NMLowRankConv(_SparseFactors, LowRankConv):
   """An LoD conv with N:M-sparse factors (`down` grouped along its input channels, `up` along `r`)."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, rank: int, n: int, m: int,
@@ -50,10 +53,7 @@ class NMLowRankConv(LowRankConv):
                init: str = "spectral", name: str = "", dtype: jnp.dtype = jnp.float32):
     super().__init__(in_features, out_features, kernel_size, rank=rank, rngs=rngs, strides=strides, padding=padding,
                      use_bias=use_bias, init=init, name=name, dtype=dtype)
-    _sparse_factors(self, n, m, 2)
-
-  rank_multiple = property(lambda self: self.up.groups)
-  truncate = _truncate
+    self._sparsify(n, m, 2)
 
 
 def _rank(name: str, fan_in: int, out: int, rank_ratio: float, ranks, m: int) -> int:

@@ -86,8 +86,7 @@ class NMTraining:
     t = done - self.phases.warmup
     _, n, m = [f for f in self.frames[layer.name] if f[0] <= t][-1]
     grad = "srste" if self.method == "srste" else "autodiff" if self.soft and self.mdgf_grad == "autodiff" else "ste"
-    return Sparsity((n, m), grad=grad, srste_decay=self.srste_decay if grad == "srste" else 0.0, soft=self.soft,
-                    unstructured=self.method == "unstructured")
+    return Sparsity((n, m), grad=grad, soft=self.soft, unstructured=self.method == "unstructured")
 
   def alpha(self, step):
     """α of the update `step` (1-based); 0 where the mask is binary."""
@@ -105,16 +104,20 @@ class NMTraining:
   # --- the training hooks (lowrank.Maestro's) ---
 
   def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array, dict]:
-    """Inside the jitted step: (loss, logits, {}); MDGF's α of update `step` set on the layers for the forward."""
-    if not self.soft:
-      return (*forward(model, None), {})
+    """Inside the jitted step: (loss, logits, {}); MDGF's α of update `step` set on the layers for the forward, or
+    SR-STE's λ_w/2·‖(1 − m)⊙W‖² (m held fixed; its gradient λ_w·(1 − m)⊙W) added once per step."""
     layers = [layer for _, layer in nm_layers(model)]
     alpha = mask_decay(step - 1 - self.phases.warmup, self.decay, self.decay_coef)  # Traced: no recompilation.
     for layer in layers:
-      layer.alpha[...] = alpha
+      if layer.sparsity.soft:
+        layer.alpha[...] = alpha
     loss, logits = forward(model, None)
     for layer in layers:
       layer.alpha[...] = jnp.zeros(())  # Outside the loss the hard mask holds (evaluation, export).
+    pruned = [jnp.where(jax.lax.stop_gradient(layer.hard_mask(layer.kernel[...])), 0.0, layer.kernel[...])
+              for layer in layers if layer.sparsity.grad == "srste"]
+    if pruned:
+      loss = loss + self.srste_decay / 2 * sum(jnp.sum(w ** 2) for w in pruned)
     return loss, logits, {}
 
   observes = True

@@ -3,6 +3,7 @@ composed method through train.py and eval.py on the tiny data."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -49,6 +50,28 @@ def test_a_shrink_keeps_the_rank_a_multiple_of_every_m_and_slices_what_mirrors_t
   moments = {p[-2:]: v.shape for p, v in nnx.to_flat_state(nnx.state(optimizer)) if p[-1] == "kernel"}
   assert moments == {("down", "kernel"): (32, 8), ("up", "kernel"): (8, 32)}
   assert training.frames  # (the first model's: unused)
+
+
+def test_composed_losses_pass_each_parts_soft_targets_down_to_the_forward_pass():
+  """Maestro distils (its forward passes get soft targets) through the N:M rule's loss, which passes None."""
+  from experiment.methods import Composed, Method
+
+  class Distils(Method):
+    def loss(self, model, step, key, forward):
+      full, logits = forward(model, None)
+      sampled, _ = forward(model, "soft targets")
+      return full + sampled + 1.0, logits, {"distils/extra": 1.0}
+
+  class Masks(Method):  # Like NMTraining: calls the forward pass with None and adds a term.
+    def loss(self, model, step, key, forward):
+      loss, logits = forward(model, None)
+      return loss + 10.0, logits, {}
+
+  seen = []
+  base = lambda model, soft: (seen.append(soft) or 100.0, "logits")
+  loss, logits, extra = Composed({"lowrank": Distils(), "nm": Masks()}).loss(None, 1, jax.random.key(0), base)
+  assert seen == [None, "soft targets"] and logits == "logits" and extra == {"distils/extra": 1.0}
+  assert loss == (100.0 + 10.0) * 2 + 1.0  # The inner term in each forward pass, the outer one once.
 
 
 SMOKE = "configs/fmnist_mlp_maestro.py:smoke"

@@ -114,13 +114,20 @@ def test_ste_gradient_is_the_masked_kernels_gradient_unmasked():
   assert np.all(np.asarray(expected)[~np.asarray(sparsity.nm_mask(w, 2, 4, 0))] != 0)  # Pruned weights get gradient.
 
 
-def test_srste_gradient_adds_decay_times_pruned_weights():
+@pytest.mark.parametrize("reads", [1, 3])
+def test_srste_gradient_adds_decay_times_pruned_weights_once_per_step(reads):
+  """However often the loss reads the kernel (Maestro's distillation and penalty read low-rank N:M factors up to
+  three times), λ_w·(1 − m)⊙W is added once."""
   lam = 0.3
-  layer = _linear(grad="srste", srste_decay=lam)
+  layer = _linear()
+  training = sparsity.NMTraining(layer, num_steps=10, method="srste", srste_decay=lam)
+  training.restore(layer, None, {})
   w, b = layer.kernel[...], layer.bias[...]
   mask = sparsity.nm_mask(w, 2, 4, 0)
   g = jax.grad(lambda v: jnp.sum((X @ v + b) ** 2))(w * mask)
-  np.testing.assert_allclose(_kernel_grad(layer, X), g + lam * (1 - mask) * w, rtol=1e-5)
+  forward = lambda model, _: (sum(jnp.sum((model(X)) ** 2) for _ in range(reads)) / reads, None)
+  grads = nnx.grad(lambda model: training.loss(model, jnp.int32(1), None, forward)[0])(layer)
+  np.testing.assert_allclose(grads.kernel[...], g + lam * (1 - mask) * w, rtol=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])

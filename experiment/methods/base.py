@@ -90,7 +90,8 @@ class Composed(Method):
 
     def wrapped(part, inner, key):
       def forward_of(model, soft_targets):
-        loss, logits, more = part.loss(model, step, key, lambda m, _: inner(m, soft_targets))
+        loss, logits, more = part.loss(model, step, key,  # Soft targets a part passes (Maestro's distillation)
+                                       lambda m, soft: inner(m, soft_targets if soft is None else soft))  # go on.
         extra.update(more)
         return loss, logits
       return forward_of

@@ -23,8 +23,8 @@ DEFAULTS = dict(
 
 def make(config: ml_collections.ConfigDict, model) -> sparsity.NMTraining:
   if not sparsity.nm_layers(model):
-    raise ConfigError("config.layers.keep_dense keeps every layer dense, so config.layers.type='nm' has nothing to "
-                      "sparsify; narrow keep_dense")
+    raise ConfigError(f"config.layers.keep_dense keeps every layer dense, so config.layers.type="
+                      f"{config.layers.type!r} has nothing to sparsify; narrow keep_dense")
   return sparsity.NMTraining(model, num_steps=config.num_steps, **config.nm.to_dict())
 
 
