@@ -2,9 +2,11 @@
 touch the network or the real data), prepared once as a TFDS dataset, and a
 helper that runs the real entry points in a subprocess."""
 
+import importlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -59,6 +61,22 @@ def run(script: str, *args: str, overrides: dict | None = None, env: dict | None
   if check and result.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result
+
+
+def train_here(config: str, workdir: pathlib.Path, overrides: dict | None = None) -> dict:
+  """`train.train` in this process (no interpreter to start): `config` as on the command line
+  ("configs/<name>.py:<arg>"), `overrides` as config fields; its signal handlers undone after. Returns the last
+  metrics row."""
+  import train
+  path, _, arg = config.partition(":")
+  loaded = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
+  loaded.update_from_flattened_dict(overrides or {})
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    return train.train(loaded, workdir)
+  finally:
+    for s, handler in handlers.items():
+      signal.signal(s, handler)
 
 
 def saved_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:

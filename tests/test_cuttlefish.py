@@ -14,7 +14,7 @@ from experiment import metrics
 from experiment.config import ConfigError
 from lowrank import cuttlefish
 from lowrank.layers import LowRankLinear
-from tests.conftest import run
+from tests.conftest import run, train_here
 
 
 class TwoLayers(nnx.Module):
@@ -113,7 +113,7 @@ SMOKE = "configs/fmnist_mlp_cuttlefish.py:smoke"
 
 def test_cuttlefish_trains_full_rank_switches_to_the_chosen_ranks_and_exports(tmp_path, tiny_data):
   workdir, folder = tmp_path / "run", tmp_path / "export"
-  run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides=tiny_data)
+  train_here(SMOKE, workdir, tiny_data)
   by_step = {r["step"]: r for r in metrics.read(workdir / "metrics.jsonl")}
   chosen = json.loads((workdir / "checkpoints" / "20" / "method" / "metadata").read_text())["ranks"]
   assert (by_step[5]["rank/fc1"], by_step[5]["rank/fc2"]) == (784, 1024)  # Full rank, tracked ...

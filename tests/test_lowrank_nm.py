@@ -14,7 +14,7 @@ import lowrank
 import sparsity
 from experiment import metrics
 from sparsity import lowrank as nm_lowrank
-from tests.conftest import run
+from tests.conftest import run, train_here
 
 
 def groups_keep(w: np.ndarray, n: int, m: int, axis: int) -> bool:
@@ -80,7 +80,7 @@ COMPOSED = {"layers.type": "lowrank+nm", "lowrank.shrink_every": 5, "lowrank.shr
 
 def test_lowrank_nm_trains_logs_ranks_and_sparsity_and_exports_packed_factors(tmp_path, tiny_data):
   workdir, folder = tmp_path / "run", tmp_path / "export"
-  run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides={**tiny_data, **COMPOSED})
+  train_here(SMOKE, workdir, {**tiny_data, **COMPOSED})
   rows = [r for r in metrics.read(workdir / "metrics.jsonl") if "rank/fc1" in r]
   ranks = [(r["rank/fc1"], r["rank/fc2"]) for r in rows]
   assert ranks[0] == (784, 1024) and ranks[-1][1] < 1024 and all(r % 8 == 0 for pair in ranks for r in pair)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiment import metrics, sharding
-from tests.conftest import run
+from tests.conftest import run, train_here
 
 MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 
@@ -14,8 +14,7 @@ MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 @pytest.fixture(scope="module")
 def maestro_run(tmp_path_factory, tiny_data):
   workdir = tmp_path_factory.mktemp("maestro") / "run"
-  run("train.py", "--config", MAESTRO_SMOKE, "--workdir", str(workdir),
-      overrides={**tiny_data, "lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5})
+  train_here(MAESTRO_SMOKE, workdir, {**tiny_data, "lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5})
   return workdir
 
 
@@ -36,7 +35,7 @@ def test_shrinking_really_shrinks_and_recompiles_once_per_event(maestro_run):
 
 def test_rank_sweep_svd_baseline_search_and_export(maestro_run, tmp_path, tiny_data):
   dense = tmp_path / "dense"
-  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(dense), overrides=tiny_data)
+  train_here("configs/fmnist_mlp_dense.py:smoke", dense, tiny_data)
   export = tmp_path / "export"
   out = run("eval.py", "--workdir", str(maestro_run), "--rank_fractions=1,0.5,0.1", f"--svd_of={dense}",
             "--macs_budget=0.3", f"--export={export}")
@@ -76,7 +75,7 @@ def test_export_turns_layers_dense_where_that_is_cheaper(tmp_path, maestro_run):
 
 def test_dense_warmup_switches_to_truncated_svd_factors(tmp_path, tiny_data):
   workdir = tmp_path / "pufferfish"
-  run("train.py", "--config", "configs/fmnist_mlp_pufferfish.py:smoke", "--workdir", str(workdir), overrides=tiny_data)
+  train_here("configs/fmnist_mlp_pufferfish.py:smoke", workdir, tiny_data)
   rows = metrics.read(workdir / "metrics.jsonl")
   by_step = {r["step"]: r for r in rows}
   assert "rank/fc1" not in by_step[5]  # Dense for the 5 warm-up steps ...

@@ -14,7 +14,7 @@ from configs import fmnist_mlp_nm
 from experiment import build, metrics, sharding
 from experiment import methods
 from sparsity.training import nm_layers
-from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot
+from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot, train_here
 from experiment.step import make_train_step
 
 VIT_SDGF = "configs/fmnist_vit_nm.py:smoke,method=sdgf,n=1,m=8"
@@ -24,8 +24,7 @@ PHASES = {"nm.sdgf_decay": True, "nm.dense_warmup": 0.2, "nm.finetune": 0.2}  # 
 @pytest.fixture(scope="module")
 def sdgf_run(tmp_path_factory, tiny_data):
   workdir = tmp_path_factory.mktemp("sdgf") / "run"
-  run("train.py", "--config", VIT_SDGF, "--workdir", str(workdir),
-      overrides={**tiny_data, **PHASES, "log_every": 1, "nm.decay_coef": 0.1})
+  train_here(VIT_SDGF, workdir, {**tiny_data, **PHASES, "log_every": 1, "nm.decay_coef": 0.1})
   return workdir
 
 
@@ -58,13 +57,13 @@ def test_resume_mid_frame_is_bit_identical(tmp_path, tiny_data):
   overrides = {**tiny_data, **PHASES, "checkpoint_every": 7, "keep_checkpoints": 10, "nm.method": "sdgf"}
   config = "configs/fmnist_mlp_nm.py:smoke,n=1,m=8"
   straight = tmp_path / "straight"
-  run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)
+  train_here(config, straight, overrides)
   resumed = tmp_path / "resumed"
   shutil.copytree(straight, resumed)  # A kill after the step-7 checkpoint: mid-frame (frame 1 is updates 8-10).
   for step in (14, 20):
     shutil.rmtree(resumed / "checkpoints" / str(step))
-  out = run("train.py", "--config", config, "--workdir", str(resumed), overrides=overrides)
-  assert "Resumed from step 7" in out.stderr
+  train_here(config, resumed, overrides)
+  assert [json.loads(line)["step"] for line in (resumed / "launches.jsonl").read_text().splitlines()] == [0, 7]
   assert any("logged_mask" in k for k in saved_state(straight, 20))
   assert_same_run(straight, resumed, 20)
 
@@ -104,8 +103,7 @@ def test_decay_coefficient_follows_the_sparse_phase_unless_given(arg, coef):
 
 def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   workdir, export = tmp_path / "run", tmp_path / "export"
-  run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke,method=srste,n=2,m=4", "--workdir", str(workdir),
-      overrides=tiny_data)
+  train_here("configs/fmnist_mlp_nm.py:smoke,method=srste,n=2,m=4", workdir, tiny_data)
   out = run("eval.py", "--workdir", str(workdir), f"--export={export}")
   first = metrics.read(workdir / "metrics.jsonl")[1]
   assert 0 < first["nm/flip_rate"] < 0.25  # Changes since the initial mask (not since an all-dense one: 0.5).

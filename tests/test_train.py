@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiment import metrics
-from tests.conftest import assert_same_run, run, saved_state
+from tests.conftest import assert_same_run, run, saved_state, train_here
 
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 
@@ -70,7 +70,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   both methods' state across shrinks and frames on either side)."""
   overrides = {**tiny_data, "checkpoint_every": 5, "keep_checkpoints": 10, **extra}
   straight = tmp_path / "straight"
-  run("train.py", "--config", config, "--workdir", str(straight), overrides=overrides)
+  train_here(config, straight, overrides)  # In this process: the kill-and-resume tests run the command line.
 
   resumed = tmp_path / "resumed"
   shutil.copytree(straight, resumed)  # What a kill just after the step-10 checkpoint leaves on disk:
@@ -78,8 +78,8 @@ def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
     shutil.rmtree(resumed / "checkpoints" / str(step))
   with (resumed / "metrics.jsonl").open("a") as f:  # ... including rows logged after that checkpoint.
     f.write(json.dumps({"step": 15, "train/loss": 0.0}) + "\n")
-  out = run("train.py", "--config", config, "--workdir", str(resumed), overrides=overrides)
-  assert "Resumed from step 10" in out.stderr
+  train_here(config, resumed, overrides)
+  assert [json.loads(line)["step"] for line in (resumed / "launches.jsonl").read_text().splitlines()] == [0, 10]
 
   assert_same_run(straight, resumed, 20)
 
