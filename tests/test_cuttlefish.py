@@ -113,13 +113,13 @@ SMOKE = "configs/fmnist_mlp_cuttlefish.py:smoke"
 
 def test_cuttlefish_trains_full_rank_switches_to_the_chosen_ranks_and_exports(tmp_path, tiny_data):
   workdir, folder = tmp_path / "run", tmp_path / "export"
-  train_here(SMOKE, workdir, tiny_data)
+  train_here(SMOKE, workdir, {**tiny_data, "model.hidden": (64, 64)})  # 784-64-64-10.
   by_step = {r["step"]: r for r in metrics.read(workdir / "metrics.jsonl")}
   chosen = json.loads((workdir / "checkpoints" / "20" / "method" / "metadata").read_text())["ranks"]
-  assert (by_step[5]["rank/fc1"], by_step[5]["rank/fc2"]) == (784, 1024)  # Full rank, tracked ...
+  assert (by_step[5]["rank/fc1"], by_step[5]["rank/fc2"]) == (64, 64)  # Full rank, tracked ...
   assert "cuttlefish/rank/fc1" in by_step[5] and "lowrank/frobenius" not in by_step[5]
   assert {k: by_step[10][f"rank/{k}"] for k in ("fc1", "fc2")} == chosen  # ... switched at step 8 (smoke).
-  assert by_step[10]["params/effective"] == chosen["fc1"] * (784 + 1024) + chosen["fc2"] * 2048 + 2048 + 10250
+  assert by_step[10]["params/effective"] == chosen["fc1"] * (784 + 64) + chosen["fc2"] * 128 + 128 + 650
   assert by_step[20]["compiles/train_step"] == 2 and "lowrank/frobenius" in by_step[20]
   lrs = [by_step[s]["train/learning_rate"] for s in (5, 10, 15, 20)]  # The schedule runs on across the switch.
   assert all(a > b for a, b in zip(lrs, lrs[1:]))
@@ -128,8 +128,8 @@ def test_cuttlefish_trains_full_rank_switches_to_the_chosen_ranks_and_exports(tm
   run("eval.py", f"--exported={folder}")
   exported = json.loads((folder / "eval.json").read_text())
   assert exported["eval/accuracy"] == pytest.approx(by_step[20]["eval/accuracy"], abs=1e-6)
-  kernels = min(chosen["fc1"] * (784 + 1024), 784 * 1024) + min(chosen["fc2"] * 2048, 1024 * 1024)
-  assert exported["params/total"] == kernels + 2048 + 10250  # Each layer factorized or dense, the smaller.
+  kernels = min(chosen["fc1"] * (784 + 64), 784 * 64) + min(chosen["fc2"] * 128, 64 * 64)
+  assert exported["params/total"] == kernels + 128 + 650  # Each layer factorized or dense, the smaller.
 
 
 def test_a_bad_cuttlefish_field_is_one_error_naming_it(tmp_path, tiny_data):

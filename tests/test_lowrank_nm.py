@@ -75,7 +75,8 @@ def test_composed_losses_pass_each_parts_soft_targets_down_to_the_forward_pass()
 
 
 SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
-COMPOSED = {"layers.type": "lowrank+nm", "lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}
+COMPOSED = {"layers.type": "lowrank+nm", "lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5,
+            "model.hidden": (64, 64)}  # 784-64-64-10: full ranks 64 and 64.
 
 
 def test_lowrank_nm_trains_logs_ranks_and_sparsity_and_exports_packed_factors(tmp_path, tiny_data):
@@ -83,7 +84,7 @@ def test_lowrank_nm_trains_logs_ranks_and_sparsity_and_exports_packed_factors(tm
   train_here(SMOKE, workdir, {**tiny_data, **COMPOSED})
   rows = [r for r in metrics.read(workdir / "metrics.jsonl") if "rank/fc1" in r]
   ranks = [(r["rank/fc1"], r["rank/fc2"]) for r in rows]
-  assert ranks[0] == (784, 1024) and ranks[-1][1] < 1024 and all(r % 8 == 0 for pair in ranks for r in pair)
+  assert ranks[0] == (64, 64) and ranks[-1][1] < 64 and all(r % 8 == 0 for pair in ranks for r in pair)
   assert all(r["sparsity/fc1.down"] == r["sparsity/fc2.up"] == 0.75 for r in rows)  # 2:8 on every factor.
   assert rows[-1]["nm/n"] == 2 and rows[-1]["nm/m"] == 8 and "lowrank/group_lasso" in rows[-1]
 

@@ -52,16 +52,19 @@ def test_epochs_are_steps_of_the_train_splits_real_size(tmp_path, tiny_data):
 
 MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at step 5 (and later), before the kill.
+SMALL = {"model.hidden": (64, 64)}  # The MLP at 784-64-64-10: the same code paths, a fraction of the time.
 
 
 @pytest.mark.parametrize("config,extra", [  # The CNN and Pufferfish cases add no code path: slow.
     (SMOKE, {}), pytest.param("configs/fmnist_cnn_dense.py:smoke", {}, marks=pytest.mark.slow),
-    (MAESTRO_SMOKE, SHRINK), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow),
+    (MAESTRO_SMOKE, {**SMALL, **SHRINK}), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {},
+                                                        marks=pytest.mark.slow),
     (SMOKE, {"optimizer.accumulate_steps": 2, "optimizer.ema_decay": 0.9}),
-    ("configs/fmnist_mlp_cuttlefish.py:smoke", {}),  # Switches at step 8, before the kill ...
-    ("configs/fmnist_mlp_cuttlefish.py:smoke", {"cuttlefish.window": 5}),  # ... settled at step 10, switches at 12.
-    (MAESTRO_SMOKE, {**SHRINK, "layers.type": "lowrank+nm", "nm.method": "sdgf"})])  # Shrinks at 5, 10, 15; the
-    # 2:8 SDGF frames 7:8, 4:8, 2:8 start at steps 0, 6, 13.
+    pytest.param("configs/fmnist_mlp_cuttlefish.py:smoke", {**SMALL}, marks=pytest.mark.slow),  # Switches at step 8,
+    ("configs/fmnist_mlp_cuttlefish.py:smoke", {**SMALL, "cuttlefish.window": 5}),  # before the kill; or settles at
+    # step 10 and switches at 12, after it (eval.py reads checkpoints after a switch in test_cuttlefish).
+    (MAESTRO_SMOKE, {**SMALL, **SHRINK, "layers.type": "lowrank+nm", "nm.method": "sdgf"})])  # Shrinks at 5, 10, 15;
+    # the 2:8 SDGF frames 7:8, 4:8, 2:8 start at steps 0, 6, 13.
 def test_resume_is_bit_identical(tmp_path, tiny_data, config, extra):
   """A run killed after its step-10 checkpoint and restarted ends exactly where
   an uninterrupted run ends: same parameters, optimizer state, metrics (and,
