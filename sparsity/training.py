@@ -107,12 +107,12 @@ class NMTraining:
     """Inside the jitted step: (loss, logits, {}); MDGF's α of update `step` set on the layers for the forward, or
     SR-STE's λ_w/2·‖(1 − m)⊙W‖² (m held fixed; its gradient λ_w·(1 − m)⊙W) added once per step."""
     layers = [layer for _, layer in nm_layers(model)]
+    soft = [layer for layer in layers if layer.sparsity.soft]  # Only these read α: no writes for the others.
     alpha = mask_decay(step - 1 - self.phases.warmup, self.decay, self.decay_coef)  # Traced: no recompilation.
-    for layer in layers:
-      if layer.sparsity.soft:
-        layer.alpha[...] = alpha
+    for layer in soft:
+      layer.alpha[...] = alpha
     loss, logits = forward(model, None)
-    for layer in layers:
+    for layer in soft:
       layer.alpha[...] = jnp.zeros(())  # Outside the loss the hard mask holds (evaluation, export).
     pruned = [jnp.where(jax.lax.stop_gradient(layer.hard_mask(layer.kernel[...])), 0.0, layer.kernel[...])
               for layer in layers if layer.sparsity.grad == "srste"]
