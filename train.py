@@ -113,8 +113,10 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   state = place((model_state, opt_state))  # The one training state: the steps update it, `live` reads it.
   params = build.count_params(model)
   del model, optimizer
+  flops_total = 0.0  # Training FLOPs so far: XLA's FLOPs of each step's compiled graph, summed over the steps.
   if start:
-    state, data_state, window = checkpoints.restore(start, state)
+    state, data_state, window, counters = checkpoints.restore(start, state)
+    flops_total = counters.get("flops_total", math.nan)  # Unknown for a checkpoint older than the counter.
     batches.set_state(data_state)
     print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
   if is_main and (start == 0 or changes):
@@ -158,13 +160,13 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
                         f"--config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
     return host
 
+  schedule = build.learning_rate(config)
   make_step = lambda method: make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite,
-                                             config.optimizer.accumulate_steps)
+                                             config.optimizer.accumulate_steps, schedule)
   train_step = make_step(method)
   observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
   profile = config_lib.profile_steps(config) or (0, 0)
   step_flops = None  # Of the compiled step at the current shapes; re-measured after a shape change.
-  schedule = build.learning_rate(config)
   bar = tqdm.tqdm(initial=start, total=config.num_steps, desc=workdir.name, dynamic_ncols=True,
                   disable=not is_main, mininterval=1 if sys.stderr.isatty() else 30)
   for step in range(start + 1, config.num_steps + 1):  # `step` = optimizer updates done after this one.
@@ -173,6 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       jax.profiler.start_trace(workdir / "profile")
     if step_flops is None:
       step_flops = flops(train_step, model_def, opt_def, state, batch, jnp.int32(step))  # XLA's estimate.
+    flops_total += step_flops
     eval_step = step % config.eval_every == 0 or step == config.num_steps
     log_step = eval_step or step % config.log_every == 0  # An evaluation is logged whatever log_every is.
     if log_step and method.observes:
@@ -190,7 +193,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       model, optimizer = live()
       logged = _window_means(window)
       logged |= {"train/learning_rate": float(schedule(step - 1)), "params/effective": build.count_params(model),
-                 "flops/train_step": step_flops, "compiles/train_step": compilations["train_step"],
+                 "flops/train_step": step_flops, "flops/total": flops_total, "compiles/train_step": compilations["train_step"],
                  "time/train_s": time.time() - clock, **_peak_memory(), **method.metrics(step, model)}
       if eval_step:
         logged |= evaluated(model)
@@ -221,7 +224,8 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     stop = stopping(step)
     if step % config.checkpoint_every == 0 or step == config.num_steps or stop:
       window = fetched(window, step)  # No checkpoint ever holds a non-finite state.
-      checkpoints.save(step, state, batches.get_state(), method.state(step, live()[0]), window, primary=is_main)
+      checkpoints.save(step, state, batches.get_state(), method.state(step, live()[0]), window,
+                       {"flops_total": flops_total}, primary=is_main)
     if stop and step < config.num_steps:
       bar.close()
       writer.close()

@@ -38,5 +38,37 @@ def get_config(arg: str | None = None):
   return common.nm_config(c, ",".join(f"{k}={v}" if v else k for k, v in args.items()))
 
 
-def get_sweep():
-  return common.nm_sweep(levels=((2, 4), (1, 4), (1, 8), (1, 16)))
+SGD = {"optimizer.name": "sgd", "optimizer.learning_rate": 0.1, "optimizer.weight_decay": 1e-4}  # Momentum 0.9.
+SRSTE_DECOUPLED = (1.0, 6.0, 30.0)  # λ_w; λ_w·Σ lr over the run (≈ 0.94 with AdamW here) ≈ 6 is SR-STE's ImageNet
+# strength (2e-4 × Σ lr ≈ 30 over 120 SGD epochs), which the coupled 2e-4 reaches neither under AdamW nor in 859
+SRSTE_SGD = (2e-4, 0.13)  # updates of SGD (Σ lr ≈ 47 here: 0.13 matches it).
+DECAY_KT = (2, 5, 10, 20, 50)  # MDGF-exp's k·T over the T updates of the sparse phase (the default is 5).
+
+
+def get_sweep(name: str = "methods"):
+  """methods: dense, and STE, SR-STE, MDGF-linear, MDGF-exp, SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16.
+  srste: SR-STE controlled at 1:16 — STE and SR-STE with AdamW (coupled, the paper's rule; decoupled at each λ_w of
+  SRSTE_DECOUPLED) and with SGD (STE; SR-STE at each λ_w of SRSTE_SGD). mdgf_decay: MDGF-exp at each k·T of
+  DECAY_KT, at 1:8 and 1:16. Seeds 0-2 (a first look: sweep.py --seeds=0; λ_w and k·T chosen on validation)."""
+  if name == "methods":
+    return common.nm_sweep(levels=((2, 4), (1, 4), (1, 8), (1, 16)))
+  level = {"layers.n": 1, "layers.m": 16}
+  runs = {
+      "srste": [dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
+                dict(name="ste_adamw", group="STE", overrides={**level, "nm.method": "ste"}),
+                dict(name="srste_coupled_adamw", group="SR-STE coupled",
+                     overrides={**level, "nm.method": "srste"}),
+                *(dict(name=f"srste_decoupled_{lam:g}_adamw", group="SR-STE decoupled",
+                       overrides={**level, "nm.method": "srste", "nm.srste_mode": "decoupled", "nm.srste_decay": lam})
+                  for lam in SRSTE_DECOUPLED),
+                dict(name="ste_sgd", group="STE (SGD)", overrides={**level, **SGD, "nm.method": "ste"}),
+                *(dict(name=f"srste_{lam:g}_sgd", group="SR-STE (SGD)",
+                       overrides={**level, **SGD, "nm.method": "srste", "nm.srste_decay": lam}) for lam in SRSTE_SGD)],
+      "mdgf_decay": [dict(name=f"mdgf_exp_kt{kt}_{n}of{m}", group=f"MDGF-exp k·T={kt}",
+                          overrides={"layers.n": n, "layers.m": m, "nm.method": "mdgf", "nm.decay": "exp",
+                                     "nm.decay_coef": kt / get_config().num_steps})
+                     for n, m in ((1, 8), (1, 16)) for kt in DECAY_KT],
+  }
+  if name not in runs:
+    raise ValueError(f"no sweep named {name!r}; this config's sweeps: methods, {', '.join(runs)}")
+  return dict(seeds=(0, 1, 2), runs=runs[name])

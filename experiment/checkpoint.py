@@ -65,10 +65,10 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict, method_state: dict, window: list[dict],
-           *, primary: bool = True) -> None:
+           counters: dict[str, float], *, primary: bool = True) -> None:
     """Finishes the previous save (`close`), then starts writing step `step` and returns once its arrays are off
-    the devices; a thread writes its manifest once Orbax has written it. `primary`: the process that writes
-    manifests."""
+    the devices; a thread writes its manifest once Orbax has written it. `counters`: the loop's running totals
+    (training FLOPs so far). `primary`: the process that writes manifests."""
     self.close()
     if not self.manager.directory.exists():  # The run's folder removed: Orbax would make a new one unnoticed.
       raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.manager.directory))
@@ -76,7 +76,7 @@ class Checkpoints:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
           method=ocp.args.JsonSave(method_state),
-          window=ocp.args.JsonSave({"steps": list(window)})))  # Written later, when the loop has appended to
+          window=ocp.args.JsonSave({"steps": list(window), "counters": dict(counters)})))  # Written later, when the loop has appended to
       # `window`: a copy of it as it is now.
     except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise several kinds for a failed write.
       raise self._failed(step, e) from None
@@ -171,11 +171,12 @@ class Checkpoints:
     """The method's JSON state (e.g. kept ranks), which fixes the shapes to restore onto."""
     return self._restore(step, method=ocp.args.JsonRestore()).method
 
-  def restore(self, step: int, like: Any) -> tuple[Any, dict, list[dict]]:
-    """The state (onto the shapes, dtypes and shardings of `like`), the data iterator's state and the metrics window."""
+  def restore(self, step: int, like: Any) -> tuple[Any, dict, list[dict], dict[str, float]]:
+    """The state (onto the shapes, dtypes and shardings of `like`), the data iterator's state, the metrics window
+    and the loop's counters ({} in a checkpoint older than them)."""
     restored = self._restore(step, state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore(),
                              window=ocp.args.JsonRestore())
-    return restored.state, restored.data, restored.window["steps"]
+    return restored.state, restored.data, restored.window["steps"], restored.window.get("counters", {})
 
   def restore_state(self, step: int, like: Any) -> Any:
     return self._restore(step, state=ocp.args.StandardRestore(_abstract(like))).state

@@ -83,7 +83,8 @@ def flops(jitted, *args) -> float:
 
 
 def make_train_step(method: methods.Method, seed: int, mesh: Mesh, layout: str = "data",
-                    skip_nonfinite: bool = False, accumulate_steps: int = 1):
+                    skip_nonfinite: bool = False, accumulate_steps: int = 1,
+                    learning_rate: optax.Schedule | None = None):
   """One jitted step: graph definitions (static), (model state, optimizer state), batch, step -> new states, metrics.
 
   A new graph definition (a shrink, an N:M frame change) compiles once; every other step reuses the compilation.
@@ -92,7 +93,12 @@ def make_train_step(method: methods.Method, seed: int, mesh: Mesh, layout: str =
   `skip_nonfinite`: a step with a non-finite metric (loss, gradient norm, norm of the updated weights, ...)
   returns the states it was given, and the metric `train/skipped` = 1.
   `accumulate_steps` > 1: the batch's gradients are accumulated over that many micro-batches, then one update.
+  `learning_rate`: the optimizer's schedule, for a method that changes the parameters after the update
+  (`method.updates_after`), which then gets the rate the update used.
   """
+  if method.updates_after and learning_rate is None:
+    raise ValueError("this method changes the parameters after each update by the learning rate: pass "
+                     "make_train_step its learning_rate schedule")
 
   def train_step(model_def: nnx.GraphDef, opt_def: nnx.GraphDef, state: tuple[nnx.State, nnx.State], batch: dict,
                  step: jax.Array):
@@ -104,6 +110,8 @@ def make_train_step(method: methods.Method, seed: int, mesh: Mesh, layout: str =
       (loss, logits, extra), grads = _gradients(method, seed, model, batch, step)
       step_metrics = {"train/loss": loss, "train/accuracy": _accuracy(logits, batch["targets"]), **extra}
     optimizer.update(model, grads)
+    if method.updates_after:
+      method.after_update(model, step, learning_rate(step - 1))  # optax counts the first update 0.
     step_metrics |= {"train/grad_norm": optax.tree.norm(grads),
                      "train/param_norm": optax.tree.norm(nnx.state(model, nnx.Param))}
     new_state = (nnx.state(model), nnx.state(optimizer))

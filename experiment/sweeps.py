@@ -54,8 +54,9 @@ def _flag_value(v) -> str:
 
 
 def expand(config_file: str, folder: pathlib.Path, settings: dict | None = None) -> list[Run]:
-  """Every run of the sweep `config_file` declares, in declaration order, seeds innermost; `settings` (config
-  fields) are added to every run's overrides."""
+  """Every run of the sweep `config_file` declares (`file.py:name`: its sweep `name`, `get_sweep("name")`), in
+  declaration order, seeds innermost; `settings` (config fields) are added to every run's overrides."""
+  config_file, _, name = config_file.partition(":")
   path = ROOT / config_file
   if not path.is_file():
     raise ConfigError(f"--config={config_file}: no such file")
@@ -71,7 +72,7 @@ def expand(config_file: str, folder: pathlib.Path, settings: dict | None = None)
     raise ConfigError(f"--config={config_file} declares no sweep (a get_sweep() function); configs that do: "
                       f"{', '.join(sorted(p.name for p in (ROOT / 'configs').glob('*.py') if 'def get_sweep' in p.read_text()))}")
   try:
-    sweep, config = module.get_sweep(), module.get_config()
+    sweep, config = module.get_sweep(*([name] if name else [])), module.get_config()
     names = [r["name"] for r in sweep["runs"]]
   except Exception as e:  # noqa: BLE001 - as above.
     raise ConfigError(f"--config={config_file}: get_sweep() or get_config() fails: {type(e).__name__}: {e}; a sweep "

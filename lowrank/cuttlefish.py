@@ -101,7 +101,7 @@ class Cuttlefish:
   chosen `ranks`; after it (a model with LoD layers and none tracked), Frobenius decay `frobenius_decay`.
   A bad value is a ValueError naming the argument."""
 
-  observes = False
+  observes = updates_after = False
 
   def __init__(self, model: nnx.Module, *, track_every: int, window: int = 15, recent: int = 11,
                tolerance: float = 0.1, relax: float = 1.0, frobenius_decay: float = 1e-4):

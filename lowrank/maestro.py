@@ -106,6 +106,7 @@ class Maestro:
   components of importance >= `shrink_eps`. A bad value is a ValueError naming the argument."""
 
   observes = False  # Nothing to record from the gradients (train.py's hook for methods that do).
+  updates_after = False  # Nothing to change after the optimizer's update (decoupled SR-STE's hook).
 
   def __init__(self, *, sampler: str = "single_layer", fixed_ratio: float = 0.25, group_lasso: float = 0.0,
                hierarchical: bool = True, distill: bool = False, shrink_every: int = 0, shrink_eps: float = 0.0):

@@ -19,6 +19,7 @@ from sparsity.schedules import DECAYS, STRUCTURES, Phases, mask_decay, structure
 
 METHODS = ("ste", "srste", "mdgf", "sdgf", "unstructured")
 MDGF_GRADS = ("ste", "autodiff")
+SRSTE_MODES = ("coupled", "decoupled")
 
 
 def nm_layers(model: nnx.Module) -> list[tuple[tuple, NMKernel]]:
@@ -36,21 +37,25 @@ class NMTraining:
   """N:M training of `model`'s N:M layers over a run of `num_steps` updates: `method` (METHODS); MDGF's decay of α
   (`decay` exp | linear, `decay_coef` k per update of the sparse phase, 0: exp 5/T, linear 2/T for its T updates;
   `mdgf_grad` ste | autodiff); SDGF's `structure` (stepwise | geometric | densify; `sdgf_decay`: also decay the mask
-  within frames); SR-STE's λ_w `srste_decay`; `dense_warmup` and `finetune` as fractions of the updates. A bad
-  value is a ValueError naming the argument."""
+  within frames); SR-STE's λ_w `srste_decay` and `srste_mode` (coupled: the paper's λ_w·(1 − m)⊙W added to the
+  gradient, before the optimizer | decoupled: W ← W − lr·λ_w·(1 − m)⊙W after the optimizer's update, as AdamW
+  decouples weight decay, so that an adaptive optimizer does not normalize it away); `dense_warmup` and `finetune`
+  as fractions of the updates. A bad value is a ValueError naming the argument."""
 
   def __init__(self, model: nnx.Module, *, num_steps: int, method: str = "srste", decay: str = "exp",
                decay_coef: float = 0.0, mdgf_grad: str = "ste", structure: str = "stepwise", sdgf_decay: bool = False,
-               srste_decay: float = 2e-4, dense_warmup: float = 0.0, finetune: float = 0.0):
+               srste_decay: float = 2e-4, srste_mode: str = "coupled", dense_warmup: float = 0.0, finetune: float = 0.0):
     _require(method in METHODS, "method", f"={method!r} is unknown; choose one of {list(METHODS)}")
     _require(decay in DECAYS, "decay", f"={decay!r} is unknown; choose one of {list(DECAYS)}")
     _require(mdgf_grad in MDGF_GRADS, "mdgf_grad", f"={mdgf_grad!r} is unknown; choose one of {list(MDGF_GRADS)}")
     _require(structure in STRUCTURES, "structure", f"={structure!r} is unknown; choose one of {list(STRUCTURES)}")
+    _require(srste_mode in SRSTE_MODES, "srste_mode", f"={srste_mode!r} is unknown; choose one of {list(SRSTE_MODES)}")
     _require(decay_coef >= 0, "decay_coef", f"={decay_coef} must be >= 0")
     _require(srste_decay >= 0, "srste_decay", f"={srste_decay} must be >= 0")
     for field, value in (("dense_warmup", dense_warmup), ("finetune", finetune)):
       _require(0 <= value < 1, field, f"={value} must be a fraction in [0, 1)")
     self.method, self.decay, self.mdgf_grad, self.srste_decay = method, decay, mdgf_grad, srste_decay
+    self.decoupled = method == "srste" and srste_mode == "decoupled"
     self.phases = Phases.of(num_steps, dense_warmup, finetune)
     _require(self.phases.sparse > 0, "dense_warmup", f" + finetune = {dense_warmup + finetune} leaves no sparse "
              "phase; make their sum < 1")
@@ -105,7 +110,7 @@ class NMTraining:
 
   def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array, dict]:
     """Inside the jitted step: (loss, logits, {}); MDGF's α of update `step` set on the layers for the forward, or
-    SR-STE's λ_w/2·‖(1 − m)⊙W‖² (m held fixed; its gradient λ_w·(1 − m)⊙W) added once per step."""
+    coupled SR-STE's λ_w/2·‖(1 − m)⊙W‖² (m held fixed; its gradient λ_w·(1 − m)⊙W) added once per step."""
     layers = [layer for _, layer in nm_layers(model)]
     soft = [layer for layer in layers if layer.sparsity.soft]  # Only these read α: no writes for the others.
     alpha = mask_decay(step - 1 - self.phases.warmup, self.decay, self.decay_coef)  # Traced: no recompilation.
@@ -116,9 +121,21 @@ class NMTraining:
       layer.alpha[...] = jnp.zeros(())  # Outside the loss the hard mask holds (evaluation, export).
     pruned = [jnp.where(jax.lax.stop_gradient(layer.hard_mask(layer.kernel[...])), 0.0, layer.kernel[...])
               for layer in layers if layer.sparsity.grad == "srste"]
-    if pruned:
+    if pruned and not self.decoupled:
       loss = loss + self.srste_decay / 2 * sum(jnp.sum(w ** 2) for w in pruned)
     return loss, logits, {}
+
+  @property
+  def updates_after(self) -> bool:
+    return self.decoupled
+
+  def after_update(self, model: nnx.Module, step: jax.Array, learning_rate: jax.Array) -> None:
+    """Inside the jitted step, after the optimizer's update with `learning_rate`: decoupled SR-STE's
+    W ← W − lr·λ_w·(1 − m)⊙W on the layers in SR-STE's sparse phase (m: the mask of the updated W)."""
+    for _, layer in nm_layers(model):
+      if layer.sparsity.grad == "srste":
+        w = layer.kernel[...]
+        layer.kernel[...] = jnp.where(layer.hard_mask(w), w, (1.0 - learning_rate * self.srste_decay) * w)
 
   observes = True
 
@@ -154,7 +171,7 @@ class NMTraining:
 
   def metrics(self, step: int, model) -> dict[str, float]:
     layers = [layer for _, layer in nm_layers(model)]
-    out, pruned, flips, entries, grad_sq = {}, 0, 0, 0, np.zeros(2)
+    out, pruned, flips, entries, grad_sq, weight_sq = {}, 0, 0, 0, np.zeros(2), np.zeros(2)
     for layer in layers:
       mask = np.asarray(layer.logged_mask[...])
       out[f"sparsity/{layer.name}"] = 1.0 - mask.mean()
@@ -162,8 +179,12 @@ class NMTraining:
       flips += int(layer.flips[...])
       entries += mask.size
       grad_sq += np.asarray(layer.grad_sq[...], np.float64)
+      w = np.asarray(layer.kernel[...], np.float64)
+      kept = np.asarray(layer.hard_mask(layer.kernel[...]))  # Of the weights now (dense phase: all kept).
+      weight_sq += (np.sum(np.where(kept, w, 0.0) ** 2), np.sum(np.where(kept, 0.0, w) ** 2))
     n, m = layers[0].sparsity.pattern or (1, 1)  # The first N:M layer's (1:1 while dense).
     total = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return {**out, "sparsity/total": pruned / total, "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
             "nm/flip_rate": flips / entries, "nm/grad_norm_kept": float(np.sqrt(grad_sq[0])),
-            "nm/grad_norm_pruned": float(np.sqrt(grad_sq[1]))}
+            "nm/grad_norm_pruned": float(np.sqrt(grad_sq[1])), "nm/kept_weight_norm": float(np.sqrt(weight_sq[0])),
+            "nm/pruned_weight_norm": float(np.sqrt(weight_sq[1]))}

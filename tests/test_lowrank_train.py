@@ -26,6 +26,8 @@ def test_shrinking_really_shrinks_and_recompiles_once_per_event(maestro_run):
   params = [r["params/effective"] for r in rows]
   flops = [r["flops/train_step"] for r in rows]
   assert params[-1] < params[0] and flops[-1] < flops[0]
+  assert [r["step"] for r in rows] == [5, 10, 15, 20]  # A shrink after each: 5 updates at each logged step's FLOPs.
+  np.testing.assert_allclose([r["flops/total"] for r in rows], np.cumsum([5 * f for f in flops]), rtol=1e-12)
   assert params[-1] == ranks[-1][0] * (784 + 1024) + 1024 + ranks[-1][1] * 2048 + 1024 + 1024 * 10 + 10
   shrink_events = len({r for r in ranks}) - 1
   assert rows[-1]["compiles/train_step"] == 1 + shrink_events

@@ -130,6 +130,26 @@ def test_srste_gradient_adds_decay_times_pruned_weights_once_per_step(reads):
   np.testing.assert_allclose(grads.kernel[...], g + lam * (1 - mask) * w, rtol=1e-5)
 
 
+def test_decoupled_srste_leaves_the_gradient_alone_and_shrinks_pruned_weights_after_the_update():
+  """Decoupled SR-STE: no term in the gradient (which an adaptive optimizer would normalize away); after the
+  update, W ← W − lr·λ_w·(1 − m)⊙W, kept weights untouched."""
+  lam, lr = 0.3, 0.5
+  layer = _linear()
+  training = sparsity.NMTraining(layer, num_steps=10, method="srste", srste_decay=lam, srste_mode="decoupled")
+  training.restore(layer, None, {})
+  assert training.updates_after
+  w, b = layer.kernel[...], layer.bias[...]
+  mask = sparsity.nm_mask(w, 2, 4, 0)
+  forward = lambda model, _: (jnp.sum(model(X) ** 2), None)
+  grads = nnx.grad(lambda model: training.loss(model, jnp.int32(1), None, forward)[0])(layer)
+  np.testing.assert_allclose(grads.kernel[...], jax.grad(lambda v: jnp.sum((X @ v + b) ** 2))(w * mask), rtol=1e-5)
+  training.after_update(layer, jnp.int32(1), jnp.float32(lr))
+  np.testing.assert_allclose(layer.kernel[...], jnp.where(mask, w, (1 - lr * lam) * w), rtol=1e-6)
+  assert not sparsity.NMTraining(_linear(), num_steps=10, method="srste").updates_after  # coupled (the paper's)
+  with pytest.raises(ValueError, match="srste_mode"):
+    sparsity.NMTraining(_linear(), num_steps=10, method="srste", srste_mode="both")
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_mdgf_effective_weight_and_ste_backward(alpha):
   layer = _linear(soft=True)

@@ -94,6 +94,38 @@ def test_training_step_is_soft_but_the_saved_state_evaluates_with_the_hard_mask(
   np.testing.assert_allclose(trained(batch["inputs"]), trained.head(h), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["coupled", "decoupled"])
+def test_decoupled_srste_through_the_train_step_scales_by_the_learning_rate(mode):
+  """With λ_w = 1/lr, decoupled SR-STE zeroes every pruned weight of the updated kernel in one step; coupled
+  SR-STE under AdamW leaves them nonzero. nm/pruned_weight_norm reports which."""
+  lr = 0.01
+  config = fmnist_mlp_nm.get_config(f"smoke,method=srste,n=1,m=8,nm.srste_mode={mode},nm.srste_decay={1 / lr}")
+  config.optimizer.update(warmup_steps=0, schedule="constant", learning_rate=lr)
+  model = build.model(config)
+  method = methods.build(config, model)
+  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  method.restore(model, optimizer, {})
+  mesh = sharding.mesh()
+  (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
+  rng = np.random.default_rng(0)
+  batch = sharding.batch_placer(mesh)({"inputs": rng.random((32, 28, 28, 1), np.float32),
+                                    "targets": rng.integers(0, 10, 32).astype(np.int32)})
+  if mode == "decoupled":
+    with pytest.raises(ValueError, match="learning_rate"):
+      make_train_step(method, 0, mesh)
+  step = make_train_step(method, 0, mesh, learning_rate=build.learning_rate(config))
+  state, _ = step(model_def, opt_def, sharding.place((model_state, opt_state), mesh, "data"), batch, jnp.int32(1))
+  trained = nnx.merge(model_def, state[0])
+  for _, layer in nm_layers(trained):
+    w = np.asarray(layer.kernel[...])
+    pruned = w[~np.asarray(sparsity.nm_mask(w, 1, 8, 0))]
+    assert np.all(w[np.asarray(sparsity.nm_mask(w, 1, 8, 0))] != 0)
+    assert np.all(pruned == 0) if mode == "decoupled" else np.all(pruned != 0)
+  logged = method.metrics(1, trained)
+  assert logged["nm/kept_weight_norm"] > 0
+  assert (logged["nm/pruned_weight_norm"] == 0) == (mode == "decoupled")
+
+
 @pytest.mark.parametrize("arg,coef", [("method=mdgf", 5 / 20), ("method=mdgf,decay=linear", 2 / 20),
                                       ("method=mdgf,warmup=0.2", 5 / 16), ("method=mdgf,k=0.01", 0.01)])
 def test_decay_coefficient_follows_the_sparse_phase_unless_given(arg, coef):

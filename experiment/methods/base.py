@@ -22,6 +22,12 @@ class Method:
     loss, logits = forward(model, None)
     return loss, logits, {}
 
+  updates_after = False  # True: the train step calls `after_update` after the optimizer's update.
+
+  def after_update(self, model: nnx.Module, step: jax.Array, learning_rate: jax.Array) -> None:
+    """Inside the jitted step, after the optimizer's update, which used `learning_rate`: changes to the updated
+    parameters that no optimizer should rescale (decoupled SR-STE)."""
+
   observes = False  # True: train.py runs `observe` at log steps.
 
   def observe(self, model: nnx.Module, step: jax.Array, grads: nnx.State) -> None:
@@ -84,6 +90,7 @@ class Composed(Method):
   def __init__(self, parts: dict[str, Method]):
     self.parts = parts
     self.observes = any(part.observes for part in parts.values())
+    self.updates_after = any(part.updates_after for part in parts.values())
 
   def loss(self, model, step, key, forward):
     extra = {}
@@ -101,6 +108,11 @@ class Composed(Method):
       forward = wrapped(part, forward, part_key)
     loss, logits = forward(model, None)
     return loss, logits, extra
+
+  def after_update(self, model, step, learning_rate) -> None:
+    for part in self.parts.values():
+      if part.updates_after:
+        part.after_update(model, step, learning_rate)
 
   def observe(self, model, step, grads) -> None:
     for part in self.parts.values():

@@ -16,6 +16,8 @@ DEFAULTS = dict(
     structure="stepwise",  # sdgf: stepwise | geometric | densify
     sdgf_decay=False,     # sdgf: also decay the mask (MDGF within the frames)
     srste_decay=2e-4,     # λ_w of SR-STE
+    srste_mode="coupled",  # coupled: λ_w·(1-m)⊙W added to the gradient (the paper's; inert under AdamW's
+                          # normalization) | decoupled: W -= lr·λ_w·(1-m)⊙W after the update (as AdamW's weight decay)
     dense_warmup=0.0,     # Fraction of updates dense before the sparse phase.
     finetune=0.0,         # Fraction of updates at the end with the binary target mask and STE.
 )
