@@ -82,6 +82,8 @@ _SAMPLE_LENGTH = flags.DEFINE_integer("sample_length", 500, "--sample: character
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "--sample: logits are divided by it (lower: more likely text).")
 _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "--sample: random seed.")
 _REPORT_TO = flags.DEFINE_string("report_to", None, "report: write report.md and plots/ here (default: the sweep folder).")
+_REFERENCE = flags.DEFINE_string("reference", "", "report: the group every group's chosen run is compared with "
+                                 "(difference and 95% interval); default: dense, where the sweep has it.")
 _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 _WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new whole checkpoint of --workdir as it lands (beside "
@@ -351,7 +353,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   traced = [r for r in results if r.name in chosen and r.seed == min(x.seed for x in results if x.name == r.name)]
   out = pathlib.Path(_REPORT_TO.value or folder)
   figures = [p for p in (report.plot_nm(results, out, key), report.plot_params(results, out, baselines, key),
-                         report.plot_trajectories(traced, out)) if p]
+                         report.plot_flops(results, out, key), report.plot_trajectories(traced, out)) if p]
   rows = report.table(results)
   machines = collections.Counter(" + ".join(sorted({l["machine"] for l in workdir_lib.launches(r.workdir)}))
                                  or "a machine not recorded (run made before launches.jsonl)" for r in results)
@@ -362,6 +364,14 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            + f". Last sweep command on {sweep.get('machine', 'not recorded')}; this report on {sweeps.machine()}.", "",
            "Commands:", "", "```", sweep["command"], "python " + shlex.join(sys.argv), "```", "",
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
+  groups = {r.group for r in results}
+  reference = _REFERENCE.value or ("dense" if "dense" in groups else None)
+  if reference not in groups | {None}:
+    raise config_lib.ConfigError(f"--reference={reference}: no group of that name; the groups are {sorted(groups)}")
+  lines += [f"Chosen on validation: each group's run with the best mean validation {key.removeprefix('eval/')} "
+            f"over the seeds all its runs have; its test metric over all its seeds"
+            + (f", and the difference to {reference}'s with a 95% interval (Welch's t)" if reference else "") + ":", "",
+            metrics.table(report.chosen_table(results, key, reference)), ""]
   if by_level := report.nm_table(results, key):
     lines += [f"{report.label(key).capitalize()} by N:M level, mean ± std (seeds):", "", metrics.table(by_level), ""]
   lines += [n + "\n" for n in notes]

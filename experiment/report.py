@@ -7,8 +7,11 @@ and `<folder>/plots/`, with the code version, the machine and the commands."""
 
 import dataclasses
 import json
+import math
 import pathlib
 import statistics
+
+from scipy import stats
 
 from experiment import metrics, plots, sweeps
 from experiment.config import ConfigError
@@ -109,9 +112,67 @@ def table(results: list[Result]) -> list[dict]:
       pct = key == "eval/accuracy"
       row[f"{key.removeprefix('eval/')}{' (%)' if pct else ''}"] = mean_std(values, 100 if pct else 1, 2 if pct else 4)
     row["params (nonzero)"] = f"{statistics.mean(r.params for r in runs):,.0f}"
-    for key, column, fmt in (("sparsity/total", "sparsity", ".3f"), ("time/train_s", "train time (s)", ".0f")):
+    for key, column, fmt in (("sparsity/total", "sparsity", ".3f"), ("flops/total", "train FLOPs", ".3g"),
+                             ("time/train_s", "train time (s)", ".0f")):
       values = [f[key] for f in finals if key in f]
       row[column] = format(statistics.mean(values), fmt) if values else "—"
+    rows.append(row)
+  return rows
+
+
+def welch(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+  """mean(a) − mean(b) and its `confidence` interval by Welch's t (unequal variances); nan bounds where either has
+  fewer than 2 values."""
+  diff = statistics.mean(a) - statistics.mean(b)
+  if min(len(a), len(b)) < 2:
+    return diff, math.nan, math.nan
+  va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+  if va + vb == 0:
+    return diff, diff, diff
+  dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  half = stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(va + vb)
+  return diff, diff - half, diff + half
+
+
+def better(key: str) -> int:
+  """+1 where a larger `key` is better (accuracy), -1 where smaller is (loss, bits per character)."""
+  return 1 if key.endswith("accuracy") else -1
+
+
+def chosen_on_validation(results: list[Result], key: str) -> dict[str, list[Result]]:
+  """Each group's chosen run name: the best mean validation `key` (val/... of eval/...) over the seeds every run
+  name of the group has (a first look at seed 0 chooses on seed 0); group -> that run name's results (all seeds)."""
+  val = key.replace("eval/", "val/", 1)
+  out = {}
+  for group, names in _groups(results, lambda r: True).items():
+    shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
+
+    def score(runs: list[Result]) -> float:  # Runs without validation metrics (older ones) are chosen last.
+      values = [r.final[val] for r in runs if r.seed in shared and val in r.final]
+      return better(key) * statistics.mean(values) if values else -math.inf
+
+    out[group] = max(names.values(), key=score)
+  return out
+
+
+def chosen_table(results: list[Result], key: str, reference: str | None) -> list[dict]:
+  """One row per group: its run chosen on validation, that run's validation and test `key` (mean ± std over its
+  seeds), training FLOPs, and the test difference to the `reference` group's chosen run with its 95% interval."""
+  chosen, scale = chosen_on_validation(results, key), 100 if key == "eval/accuracy" else 1
+  digits = 2 if scale == 100 else 4
+  base = [r.final[key] for r in chosen[reference]] if reference in chosen else None
+  rows = []
+  for group, runs in chosen.items():
+    test = [r.final[key] for r in runs]
+    val = [r.final[key.replace("eval/", "val/", 1)] for r in runs if key.replace("eval/", "val/", 1) in r.final]
+    row = {"group": group, "chosen": runs[0].name, "seeds": len(runs), "val": mean_std(val, scale, digits) if val else "—",
+           "test": mean_std(test, scale, digits),
+           "train FLOPs": format(statistics.mean(r.final.get("flops/total", math.nan) for r in runs), ".3g")}
+    if base is not None:
+      diff, lo, hi = welch(test, base)
+      row[f"Δ test vs {reference} (95% CI)"] = (
+          "—" if group == reference else f"{scale * diff:+.{digits}f} (one seed: no interval)" if math.isnan(lo)
+          else f"{scale * diff:+.{digits}f} ({scale * lo:+.{digits}f} to {scale * hi:+.{digits}f})")
     rows.append(row)
   return rows
 
@@ -133,11 +194,12 @@ def nm_table(results: list[Result], key: str) -> list[dict]:
   return rows
 
 
-def _groups(results: list[Result], kind: property) -> dict[str, dict[str, list[Result]]]:
-  """group -> run name -> seeds, of the runs of that `kind` (Result.sparse, Result.low_rank)."""
+def _groups(results: list[Result], kind) -> dict[str, dict[str, list[Result]]]:
+  """group -> run name -> seeds, of the runs of that `kind` (Result.sparse, Result.low_rank, or a function)."""
   out: dict[str, dict[str, list[Result]]] = {}
+  kind = getattr(kind, "fget", kind)
   for r in results:
-    if kind.fget(r):
+    if kind(r):
       out.setdefault(r.group, {}).setdefault(r.name, []).append(r)
   return out
 
@@ -240,6 +302,25 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return plots.save(fig, folder, "params.png")
+
+
+def plot_flops(results: list[Result], folder: pathlib.Path, key: str = "eval/accuracy") -> pathlib.Path | None:
+  """Test `key` against each run's training FLOPs (flops/total), one line per group over its run names: where
+  curves overlap in FLOPs, the comparison at equal training cost."""
+  groups = _groups([r for r in results if math.isfinite(r.final.get("flops/total", math.nan))], lambda r: True)
+  if not groups:
+    return None
+  scale = 100 if key == "eval/accuracy" else 1
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  counts = [len(runs) for names in groups.values() for runs in names.values()]
+  for group, names in groups.items():
+    _mean_std_line(ax, [(statistics.mean(r.final["flops/total"] for r in runs), [r.final[key] * scale for r in runs])
+                        for runs in names.values()], marker="o", label=group)
+  ax.set(xscale="log", xlabel="training FLOPs (XLA's count of each step, summed over the run)", ylabel=label(key),
+         title=_title(results, f"{label(key).removeprefix('test ')} against training FLOPs", counts))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return plots.save(fig, folder, "flops.png")
 
 
 def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Path | None:

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 
 import pytest
+from scipy import stats as scipy_stats
 
 from experiment import metrics, report, sweeps
 from experiment import workdir as workdir_lib
@@ -168,7 +169,14 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
   assert re.search(r"Machines \(each run.s launches.jsonl\): 4 runs on [^;]*JAX", text)
   assert "code " in text and "python sweep.py --config" in text and "python eval.py report" in text
   assert f"--workdir {original}/sdgf-stepwise_1of8_s0" in text  # Every run's command.
-  for plot in ("nm_levels.png", "trajectories.png"):
+  finals = {name: [metrics.read(folder / f"{name}_s{s}" / "metrics.jsonl")[-1] for s in (0, 1)]
+            for name in ("dense", "sdgf-stepwise_1of8")}
+  diff, lo, hi = report.welch(*([100 * f["eval/accuracy"] for f in finals[name]] for name in ("sdgf-stepwise_1of8",
+                                                                                             "dense")))
+  assert re.search(rf"\| SDGF-stepwise +\| sdgf-stepwise_1of8 +\| 2 +\|[^|]+\|[^|]+\| "
+                   + re.escape(f"{statistics.mean(f['flops/total'] for f in finals['sdgf-stepwise_1of8']):.3g}") + r" +\| "
+                   + re.escape(f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"), text), text  # Chosen on validation.
+  for plot in ("nm_levels.png", "flops.png", "trajectories.png"):
     assert (folder / "plots" / plot).stat().st_size > 10_000
     assert f"(plots/{plot})" in text
 
@@ -229,3 +237,41 @@ def test_a_sweep_without_nm_runs_has_no_nm_level_table(tmp_path):
   nm = dataclasses.replace(dense, name="ste_1of8", group="STE", config={"layers": {"type": "nm", "n": 1, "m": 8}},
                            rows=[{"step": 1, "eval/accuracy": 0.9, "nm/n": 1, "nm/m": 8}])
   assert [r["method"] for r in report.nm_table([dense, nm], "eval/accuracy")] == ["dense", "STE"]
+
+
+def test_welch_interval_matches_scipy():
+  a, b = [86.1, 86.5, 85.9], [85.2, 85.6, 85.1, 85.9]
+  diff, lo, hi = report.welch(a, b)
+  expected = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  assert diff == pytest.approx(statistics.mean(a) - statistics.mean(b))
+  assert (lo, hi) == pytest.approx((expected.low, expected.high))
+  assert report.welch([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.5, 0.5)  # No spread: no width.
+  diff, lo, hi = report.welch([1.0], [0.5, 0.7])
+  assert diff == pytest.approx(0.4) and lo != lo and hi != hi  # One seed: no interval (nan).
+
+
+def test_each_group_is_chosen_on_validation_over_the_seeds_all_its_runs_have(tmp_path):
+  def result(name, group, seed, val, test, key="accuracy"):
+    return report.Result(name, group, seed, tmp_path, {"layers": {"type": "nm"}},
+                         [{"step": 1, f"val/{key}": val, f"eval/{key}": test}])
+  results = [result("lam_1", "SR-STE", 0, 0.80, 0.90),  # Best on test, not on validation.
+             result("lam_6", "SR-STE", 0, 0.85, 0.84), result("lam_6", "SR-STE", 1, 0.70, 0.83),  # Seed 1: not
+             result("ste", "STE", 0, 0.82, 0.82), result("ste", "STE", 1, 0.81, 0.80)]  # shared, not counted.
+  chosen = report.chosen_on_validation(results, "eval/accuracy")
+  assert {g: [(r.name, r.seed) for r in runs] for g, runs in chosen.items()} == {
+      "SR-STE": [("lam_6", 0), ("lam_6", 1)], "STE": [("ste", 0), ("ste", 1)]}
+  rows = {row["group"]: row for row in report.chosen_table(results, "eval/accuracy", "STE")}
+  diff, lo, hi = report.welch([83.5 + 0.5, 83.5 - 0.5], [82.0, 80.0])
+  assert rows["SR-STE"]["Δ test vs STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
+  assert rows["STE"]["Δ test vs STE (95% CI)"] == "—"
+  text = [result("a", "g", 0, 1.7, 1.6, "bits_per_char"), result("b", "g", 0, 1.5, 1.9, "bits_per_char")]
+  assert report.chosen_on_validation(text, "eval/bits_per_char")["g"][0].name == "b"  # Lower is better.
+
+
+def test_a_config_may_declare_several_named_sweeps(tmp_path):
+  path = tmp_path / "named.py"
+  path.write_text("def get_config(arg=None):\n  from configs import fmnist_mlp_nm\n  return fmnist_mlp_nm.get_config()\n"
+                  "def get_sweep(name='small'):\n  return dict(seeds=(0,), runs=[dict(name=name, overrides={'seed': 0})])\n")
+  assert [r.name for r in sweeps.expand(str(path), tmp_path)] == ["small"]
+  runs = sweeps.expand(f"{path}:large", tmp_path)
+  assert [r.name for r in runs] == ["large"] and runs[0].command[3] == str(path)  # train.py gets the file alone.
