@@ -49,7 +49,8 @@ def get_sweep(name: str = "methods"):
   """methods: dense, and STE, SR-STE, MDGF-linear, MDGF-exp, SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16.
   srste: SR-STE controlled at 1:16 — STE and SR-STE with AdamW (coupled, the paper's rule; decoupled at each λ_w of
   SRSTE_DECOUPLED) and with SGD (STE; SR-STE at each λ_w of SRSTE_SGD). mdgf_decay: MDGF-exp at each k·T of
-  DECAY_KT, at 1:8 and 1:16. Seeds 0-2 (a first look: sweep.py --seeds=0; λ_w and k·T chosen on validation)."""
+  DECAY_KT, at 1:8 and 1:16. layers: MDGF-exp and SR-STE at 1:8 and 1:16 with only the MLP layers N:M (the
+  PGF recipe's choice) against all block projections. Seeds 0-2 (a first look: sweep.py --seeds=0; λ_w and k·T chosen on validation)."""
   if name == "methods":
     return common.nm_sweep(levels=((2, 4), (1, 4), (1, 8), (1, 16)))
   level = {"layers.n": 1, "layers.m": 16}
@@ -68,6 +69,11 @@ def get_sweep(name: str = "methods"):
                           overrides={"layers.n": n, "layers.m": m, "nm.method": "mdgf", "nm.decay": "exp",
                                      "nm.decay_coef": kt / get_config().num_steps})
                      for n, m in ((1, 8), (1, 16)) for kt in DECAY_KT],
+      "layers": [dict(name=f"{method}_{n}of{m}{suffix}", group=f"{group}{', MLP only' if suffix else ''}",
+                      arg="ffn_only=true" if suffix else "",
+                      overrides={"layers.n": n, "layers.m": m, **common.NM_METHODS[method][1]})
+                 for method, group in (("mdgf-exp", "MDGF-exp"), ("sr-ste", "SR-STE")) for suffix in ("", "_ffn")
+                 for n, m in ((1, 8), (1, 16))],
   }
   if name not in runs:
     raise ValueError(f"no sweep named {name!r}; this config's sweeps: methods, {', '.join(runs)}")

@@ -6,7 +6,10 @@ train.py command in its own workdir, `<folder>/<name>_s<seed>`.
       return dict(seeds=(0, 1, 2), runs=[
           dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
           dict(name="ste_1of8", group="STE", overrides={"nm.method": "ste", "layers.n": 1, "layers.m": 8}),
+          dict(name="ste_1of8_ffn", group="STE, MLP only", arg="ffn_only=true", overrides={...}),
       ])
+
+(`arg`: the config argument of that run, `--config file.py:arg`, for what fields cannot say, e.g. a tuple.)
 
 `run` skips finished runs and resumes interrupted ones (train.py's own
 resume), so a sweep can be stopped and restarted at any time; `<folder>/sweep.json`
@@ -40,12 +43,14 @@ class Run:
   overrides: dict
   workdir: pathlib.Path
   config_file: str
+  arg: str = ""  # The config argument (file.py:arg).
 
   @property
   def command(self) -> list[str]:
     """The train.py command of this run (relative to the repository root)."""
     fields = {**self.overrides, "seed": self.seed}
-    return ["python", "train.py", "--config", self.config_file, "--workdir", str(self.workdir),
+    config = f"{self.config_file}:{self.arg}" if self.arg else self.config_file
+    return ["python", "train.py", "--config", config, "--workdir", str(self.workdir),
             *(f"--config.{k}={_flag_value(v)}" for k, v in fields.items())]
 
 
@@ -82,10 +87,15 @@ def expand(config_file: str, folder: pathlib.Path, settings: dict | None = None)
   for field, value in (settings or {}).items():
     _check_field(config, field, value, f"--set {field}={value}")
   for r in sweep["runs"]:
+    try:
+      run_config = module.get_config(r["arg"]) if r.get("arg") else config
+    except Exception as e:  # noqa: BLE001 - as above.
+      raise ConfigError(f"{config_file}: run {r['name']}'s arg={r['arg']!r}: {type(e).__name__}: {e}") from None
     for field, value in r["overrides"].items():
-      _check_field(config, field, value, f"{config_file}: run {r['name']}'s {field}={value}")
+      _check_field(run_config, field, value, f"{config_file}: run {r['name']}'s {field}={value}")
   return [Run(r["name"], r.get("group", r["name"]), int(seed), {**r["overrides"], **(settings or {})},
-              folder / f"{r['name']}_s{seed}", config_file) for r in sweep["runs"] for seed in sweep["seeds"]]
+              folder / f"{r['name']}_s{seed}", config_file, r.get("arg", "")) for r in sweep["runs"]
+          for seed in sweep["seeds"]]
 
 
 def _check_field(config, field: str, value, where: str) -> None:

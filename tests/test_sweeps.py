@@ -173,7 +173,7 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
             for name in ("dense", "sdgf-stepwise_1of8")}
   diff, lo, hi = report.welch(*([100 * f["eval/accuracy"] for f in finals[name]] for name in ("sdgf-stepwise_1of8",
                                                                                              "dense")))
-  assert re.search(rf"\| SDGF-stepwise +\| sdgf-stepwise_1of8 +\| 2 +\|[^|]+\|[^|]+\| "
+  assert re.search(r"\| SDGF-stepwise +\| sdgf-stepwise_1of8 +\| 2 +\|[^|]+\|[^|]+\| "
                    + re.escape(f"{statistics.mean(f['flops/total'] for f in finals['sdgf-stepwise_1of8']):.3g}") + r" +\| "
                    + re.escape(f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"), text), text  # Chosen on validation.
   for plot in ("nm_levels.png", "flops.png", "trajectories.png"):
@@ -270,8 +270,11 @@ def test_each_group_is_chosen_on_validation_over_the_seeds_all_its_runs_have(tmp
 
 def test_a_config_may_declare_several_named_sweeps(tmp_path):
   path = tmp_path / "named.py"
-  path.write_text("def get_config(arg=None):\n  from configs import fmnist_mlp_nm\n  return fmnist_mlp_nm.get_config()\n"
-                  "def get_sweep(name='small'):\n  return dict(seeds=(0,), runs=[dict(name=name, overrides={'seed': 0})])\n")
+  path.write_text("def get_config(arg=None):\n  from configs import fmnist_mlp_nm\n  return fmnist_mlp_nm.get_config(arg)\n"
+                  "def get_sweep(name='small'):\n  arg = {'small': '', 'smoke': 'smoke', 'bad': 'nope=1'}[name]\n"
+                  "  return dict(seeds=(0,), runs=[dict(name=name, arg=arg, overrides={'batch_size': 8})])\n")
   assert [r.name for r in sweeps.expand(str(path), tmp_path)] == ["small"]
-  runs = sweeps.expand(f"{path}:large", tmp_path)
-  assert [r.name for r in runs] == ["large"] and runs[0].command[3] == str(path)  # train.py gets the file alone.
+  runs = sweeps.expand(f"{path}:smoke", tmp_path)  # Its one run has a config argument.
+  assert [r.name for r in runs] == ["smoke"] and runs[0].command[3] == f"{path}:smoke"
+  with pytest.raises(sweeps.ConfigError, match="run bad's arg='nope=1'"):
+    sweeps.expand(f"{path}:bad", tmp_path)
