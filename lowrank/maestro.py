@@ -103,13 +103,17 @@ class Maestro:
   """Maestro's training hooks. `sampler` (SAMPLERS) draws the ordered-dropout ranks, `fixed_ratio` the
   fixed_ratio sampler's ρ; `group_lasso`: λ of the (`hierarchical`) group lasso; `distill`: CE(full) +
   CE(sampled, softmax(full)) instead of CE(sampled); every `shrink_every` updates (0: never) each layer keeps its
-  components of importance >= `shrink_eps`. A bad value is a ValueError naming the argument."""
+  components of importance >= `shrink_eps`. λ's schedule: 0 until update `group_lasso_ramp[0]`, rising linearly to
+  λ at update `group_lasso_ramp[1]` (equal: constant). `finetune_from` > 0: after that update (and a last shrink at
+  it) a penalty-free fine-tune of the kept ranks: λ = 0, no sampling, no shrink. A bad value is a ValueError naming
+  the argument."""
 
   observes = False  # Nothing to record from the gradients (train.py's hook for methods that do).
   updates_after = False  # Nothing to change after the optimizer's update (decoupled SR-STE's hook).
 
   def __init__(self, *, sampler: str = "single_layer", fixed_ratio: float = 0.25, group_lasso: float = 0.0,
-               hierarchical: bool = True, distill: bool = False, shrink_every: int = 0, shrink_eps: float = 0.0):
+               hierarchical: bool = True, distill: bool = False, shrink_every: int = 0, shrink_eps: float = 0.0,
+               group_lasso_ramp: tuple[int, int] = (0, 0), finetune_from: int = 0):
     checks = {
         "sampler": (sampler, sampler in SAMPLERS, f"is unknown; choose one of {list(SAMPLERS)}"),
         "fixed_ratio": (fixed_ratio, 0 < fixed_ratio <= 1, "must be in (0, 1]"),
@@ -117,18 +121,34 @@ class Maestro:
         "shrink_every": (shrink_every, isinstance(shrink_every, int) and shrink_every >= 0,
                          "must be an integer >= 0 (0: never shrink)"),
         "shrink_eps": (shrink_eps, 0 <= shrink_eps < math.inf, "must be >= 0 and finite"),
+        "group_lasso_ramp": (group_lasso_ramp, 0 <= group_lasso_ramp[0] <= group_lasso_ramp[1],
+                             "must be (start, end) updates with 0 <= start <= end"),
+        "finetune_from": (finetune_from, isinstance(finetune_from, int) and finetune_from >= 0,
+                          "must be an integer >= 0 (0: no fine-tune)"),
     }
     for field, (value, ok, requirement) in checks.items():
       if not ok:
         raise ValueError(f"{field}={value!r} {requirement}")
     self.sampler, self.fixed_ratio, self.group_lasso, self.hierarchical = sampler, fixed_ratio, group_lasso, hierarchical
     self.distill, self.shrink_every, self.shrink_eps = distill, shrink_every, shrink_eps
+    self.group_lasso_ramp, self.finetune_from = tuple(group_lasso_ramp), finetune_from
+
+  def strength(self, step):
+    """λ of update `step` (1-based; traced in the step, a number on the host)."""
+    start, end = self.group_lasso_ramp
+    ramp = jnp.clip((step - start) / (end - start), 0.0, 1.0) if end > start else 1.0
+    return jnp.where(self.finetuning(step), 0.0, self.group_lasso * ramp)
+
+  def finetuning(self, step):
+    """Whether update `step` is in the penalty-free fine-tune."""
+    return jnp.logical_and(self.finetune_from > 0, step > self.finetune_from)
 
   def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array, dict]:
     """Inside the jitted step: (loss, logits, {"lowrank/group_lasso"}) of the model at ranks sampled from `key`.
     `forward(model, soft_targets or None) -> (loss, logits)` is the loop's own forward pass and loss."""
     current = list(ranks(model).values())
-    sampled = sample_ranks(key, current, self.sampler, self.fixed_ratio)
+    sampled = jnp.where(self.finetuning(step), jnp.asarray(current, jnp.int32),  # Fine-tune: the kept ranks.
+                        sample_ranks(key, current, self.sampler, self.fixed_ratio))
     if self.distill:  # CE(f_full, y) + CE(f_sampled, stop_grad(softmax(f_full)))
       set_active_ranks(model, None)
       full_loss, full_logits = forward(model, None)
@@ -140,13 +160,15 @@ class Maestro:
       loss, logits = forward(model, None)
     reg = penalty(model, self.hierarchical)
     set_active_ranks(model, None)
-    return loss + self.group_lasso * reg, logits, {"lowrank/group_lasso": reg}
+    return loss + self.strength(step) * reg, logits, {"lowrank/group_lasso": reg}
 
   def observe(self, model, step, grads) -> None:
     pass
 
   def host_update_due(self, step: int) -> bool:
     """Whether `host_update` runs after update `step` (1-based; checked every step, cheap)."""
+    if self.finetune_from and step >= self.finetune_from:
+      return step == self.finetune_from  # A last shrink as the fine-tune begins, then none.
     return bool(self.shrink_every) and step % self.shrink_every == 0
 
   def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> bool:
@@ -167,4 +189,4 @@ class Maestro:
     slice_to(model, state.get("ranks", {}), optimizer)
 
   def metrics(self, step: int, model: nnx.Module) -> dict[str, float]:
-    return {f"rank/{name}": r for name, r in ranks(model).items()}
+    return {**{f"rank/{name}": r for name, r in ranks(model).items()}, "lowrank/lambda": float(self.strength(step))}

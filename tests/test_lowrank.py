@@ -145,3 +145,29 @@ def test_kept_ranks_threshold_importance():
   layer.down[...] = layer.down[...].at[:, 3:].set(0.0)
   layer.up[...] = layer.up[...].at[3:].set(0.0)
   assert maestro.kept_ranks(layer, 1e-6) == {"a": 3}
+
+
+def test_group_lasso_schedule_and_penalty_free_finetune():
+  """λ is 0 until the ramp starts, rises linearly to full, and is 0 in the fine-tune, where the loss is the plain
+  cross-entropy of the kept ranks (no sampling, no penalty) and no shrink comes after the one that begins it."""
+  hooks = lowrank.Maestro(group_lasso=0.5, group_lasso_ramp=(10, 30), finetune_from=80, shrink_every=25,
+                          sampler="independent")
+  assert [float(hooks.strength(t)) for t in (5, 10, 20, 30, 80, 81)] == [0.0, 0.0, 0.25, 0.5, 0.5, 0.0]
+  assert float(jax.jit(hooks.strength)(jnp.int32(20))) == 0.25  # Traced: one compilation for every step.
+  assert [t for t in range(1, 101) if hooks.host_update_due(t)] == [25, 50, 75, 80]
+  assert float(lowrank.Maestro(group_lasso=0.5).strength(1)) == 0.5  # Constant by default.
+  model = nnx.Sequential(LowRankLinear(8, 8, rank=8, rngs=nnx.Rngs(0), name="a"), nnx.relu,
+                         LowRankLinear(8, 4, rank=4, rngs=nnx.Rngs(1), name="b"))
+  x = jax.random.normal(jax.random.key(0), (5, 8))
+  forward = lambda m, _: (jnp.mean(m(x) ** 2), m(x))
+  full = float(forward(model, None)[0])
+  reg = float(maestro.penalty(model))
+  for step, expected in ((81, full), (30, full + 0.5 * reg)):
+    losses = [float(hooks.loss(model, jnp.int32(step), jax.random.key(k), forward)[0]) for k in range(5)]
+    if step > 80:
+      assert losses == pytest.approx([expected] * 5)  # The kept ranks, whatever the key.
+    else:
+      assert len(set(losses)) > 1 and expected not in losses  # Sampled ranks.
+  assert hooks.metrics(81, model)["lowrank/lambda"] == 0.0
+  with pytest.raises(ValueError, match="group_lasso_ramp"):
+    lowrank.Maestro(group_lasso_ramp=(5, 2))

@@ -87,3 +87,15 @@ def test_dense_warmup_switches_to_truncated_svd_factors(tmp_path, tiny_data):
   lrs = [by_step[s]["train/learning_rate"] for s in (5, 10, 15, 20)]
   assert all(a > b for a, b in zip(lrs, lrs[1:]))
   assert by_step[20]["compiles/train_step"] == 2  # The dense step, then the low-rank one: one per shape event.
+
+
+def test_lambda_schedule_and_finetune_fields_in_updates():
+  from configs import fmnist_mlp_maestro
+  from experiment import build, config as config_lib, methods
+  config = fmnist_mlp_maestro.get_config("smoke,lowrank.group_lasso_warmup=0.25,lowrank.finetune=0.2")
+  config.lowrank.dense_warmup_steps = 0
+  hooks = methods.build(config, build.model(config))
+  assert hooks.group_lasso_ramp == (0, 5) and hooks.finetune_from == 16  # Of 20 updates.
+  config.lowrank.finetune = 1.0
+  with pytest.raises(config_lib.ConfigError, match="config.lowrank.finetune=1.0 must be a fraction"):
+    methods.build(config, build.model(config))

@@ -18,8 +18,12 @@ DEFAULTS = dict(
     shrink_eps=0.0,            # Keep components with importance >= this.
     dense_warmup_steps=0,      # > 0: train dense this long, then switch to the SVD factors.
     dense_warmup_epochs=0.0,   # > 0: dense_warmup_steps in epochs.
+    group_lasso_warmup=0.0,    # λ rises linearly from 0 over this fraction of the updates after the dense warm-up.
+    finetune=0.0,              # The last fraction of the updates: a penalty-free fine-tune of the kept ranks (λ = 0, no
+                               # sampling; a last shrink as it begins, none after).
 )
-TRAINER_FIELDS = ("dense_warmup_steps", "dense_warmup_epochs", "shrink_every_epochs")  # Not lowrank.Maestro's.
+TRAINER_FIELDS = ("dense_warmup_steps", "dense_warmup_epochs", "shrink_every_epochs", "group_lasso_warmup",
+                  "finetune")  # Not lowrank.Maestro's arguments; make() turns the last two into updates.
 
 
 class DenseWarmup(Method):
@@ -42,7 +46,16 @@ def make(config: ml_collections.ConfigDict, model) -> lowrank.Maestro | DenseWar
   c = config.lowrank
   if not (isinstance(c.dense_warmup_steps, int) and c.dense_warmup_steps >= 0):
     raise ValueError(f"dense_warmup_steps={c.dense_warmup_steps!r} must be an integer >= 0")
-  maestro = lowrank.Maestro(**{k: v for k, v in c.items() if k not in TRAINER_FIELDS})
+  for field in ("group_lasso_warmup", "finetune"):
+    if not 0 <= c[field] < 1:
+      raise ValueError(f"{field}={c[field]} must be a fraction in [0, 1)")
+  start = c.dense_warmup_steps
+  finetune_from = config.num_steps - round(c.finetune * config.num_steps) if c.finetune else 0
+  if finetune_from and finetune_from <= start:
+    raise ValueError(f"finetune={c.finetune} begins the fine-tune before the dense warm-up ends (update {start}); "
+                     f"make it shorter")
+  maestro = lowrank.Maestro(**{k: v for k, v in c.items() if k not in TRAINER_FIELDS}, finetune_from=finetune_from,
+                            group_lasso_ramp=(start, start + round(c.group_lasso_warmup * config.num_steps)))
   return DenseWarmup(c.dense_warmup_steps) if c.dense_warmup_steps and not lowrank.lod_layers(model) else maestro
 
 
