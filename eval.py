@@ -363,7 +363,9 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            + ".", "", "Machines (each run's launches.jsonl): " + "; ".join(f"{n} runs on {m}" for m, n in machines.items())
            + f". Last sweep command on {sweep.get('machine', 'not recorded')}; this report on {sweeps.machine()}.", "",
            "Commands:", "", "```", sweep["command"], "python " + shlex.join(sys.argv), "```", "",
-           "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), ""]
+           "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), "",
+           "Train FLOPs: XLA's count of each compiled train step, summed over the run's steps, less the forward FLOPs a "
+           "sparse matmul unit saves on layers with a binary N:M mask (N/M of theirs).", ""]
   groups = {r.group for r in results}
   reference = _REFERENCE.value or ("dense" if "dense" in groups else None)
   if reference not in groups | {None}:

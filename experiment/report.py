@@ -47,6 +47,12 @@ class Result:
     return not (self.low_rank or self.sparse)
 
   @property
+  def train_flops(self) -> float:
+    """Training FLOPs: XLA's count of each compiled step summed over the run, less the forward FLOPs N:M hardware
+    saves (nm/forward_flops_saved: binary N:M masks at N/M); nan for a run older than the count."""
+    return self.final.get("flops/total", math.nan) - self.final.get("nm/forward_flops_saved", 0.0)
+
+  @property
   def params(self) -> float:
     """Parameters at the end: in use (low rank: the kept ranks), not pruned (N:M)."""
     total = self.final.get("params/effective", self.rows[0].get("params/total", float("nan")))
@@ -112,10 +118,10 @@ def table(results: list[Result]) -> list[dict]:
       pct = key == "eval/accuracy"
       row[f"{key.removeprefix('eval/')}{' (%)' if pct else ''}"] = mean_std(values, 100 if pct else 1, 2 if pct else 4)
     row["params (nonzero)"] = f"{statistics.mean(r.params for r in runs):,.0f}"
-    for key, column, fmt in (("sparsity/total", "sparsity", ".3f"), ("flops/total", "train FLOPs", ".3g"),
-                             ("time/train_s", "train time (s)", ".0f")):
+    for key, column, fmt in (("sparsity/total", "sparsity", ".3f"), ("time/train_s", "train time (s)", ".0f")):
       values = [f[key] for f in finals if key in f]
       row[column] = format(statistics.mean(values), fmt) if values else "—"
+    row["train FLOPs"] = format(statistics.mean(r.train_flops for r in runs), ".3g")
     rows.append(row)
   return rows
 
@@ -167,7 +173,7 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
     val = [r.final[key.replace("eval/", "val/", 1)] for r in runs if key.replace("eval/", "val/", 1) in r.final]
     row = {"group": group, "chosen": runs[0].name, "seeds": len(runs), "val": mean_std(val, scale, digits) if val else "—",
            "test": mean_std(test, scale, digits),
-           "train FLOPs": format(statistics.mean(r.final.get("flops/total", math.nan) for r in runs), ".3g")}
+           "train FLOPs": format(statistics.mean(r.train_flops for r in runs), ".3g")}
     if base is not None:
       diff, lo, hi = welch(test, base)
       row[f"Δ test vs {reference} (95% CI)"] = (
@@ -305,18 +311,18 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
 
 
 def plot_flops(results: list[Result], folder: pathlib.Path, key: str = "eval/accuracy") -> pathlib.Path | None:
-  """Test `key` against each run's training FLOPs (flops/total), one line per group over its run names: where
+  """Test `key` against each run's training FLOPs (`Result.train_flops`), one line per group over its run names: where
   curves overlap in FLOPs, the comparison at equal training cost."""
-  groups = _groups([r for r in results if math.isfinite(r.final.get("flops/total", math.nan))], lambda r: True)
+  groups = _groups([r for r in results if math.isfinite(r.train_flops)], lambda r: True)
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
   fig, ax = plt.subplots(figsize=(7, 4.5))
   counts = [len(runs) for names in groups.values() for runs in names.values()]
   for group, names in groups.items():
-    _mean_std_line(ax, [(statistics.mean(r.final["flops/total"] for r in runs), [r.final[key] * scale for r in runs])
+    _mean_std_line(ax, [(statistics.mean(r.train_flops for r in runs), [r.final[key] * scale for r in runs])
                         for runs in names.values()], marker="o", label=group)
-  ax.set(xscale="log", xlabel="training FLOPs (XLA's count of each step, summed over the run)", ylabel=label(key),
+  ax.set(xscale="log", xlabel="training FLOPs (XLA's count of each step, summed; N:M forward at N/M)", ylabel=label(key),
          title=_title(results, f"{label(key).removeprefix('test ')} against training FLOPs", counts))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)

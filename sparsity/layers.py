@@ -19,6 +19,7 @@ kernel, the input and the bias are cast, at use.
 
 import dataclasses
 import fnmatch
+import math
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,12 @@ class NMKernel(nnx.Module):
   """What NMLinear, NMConv and NMFactor share: the kernel, its mask and the forward rule; `axis` is the one grouped
   in M, `groups` a size it must stay divisible by (M, or every M its training will use)."""
 
+  _counting: list | None = None  # Where `forward_macs` collects (name, multiply-accumulates) of each call.
+
+  def _count(self, out_shape: tuple[int, ...]) -> None:
+    if NMKernel._counting is not None:  # Each output entry is a dot product over the kernel's all-but-last axes.
+      NMKernel._counting.append((self.name, math.prod(out_shape[:-1]) * math.prod(self.kernel.shape)))
+
   def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str, dtype: jnp.dtype) -> None:
     if kernel.shape[axis] % m:
       raise ValueError(f"config.layers.m (or config.layers.patterns): N:M layer {name!r} groups {kernel.shape[axis]} "
@@ -128,6 +135,7 @@ class NMLinear(NMKernel):
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
     y = x.astype(self.dtype) @ self.masked_kernel().astype(self.dtype)
+    self._count(y.shape)
     return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
 
 
@@ -146,7 +154,22 @@ class NMConv(NMKernel):
   def __call__(self, x: jax.Array) -> jax.Array:  # (b, h, w, in) -> (b, h', w', out)
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), self.masked_kernel().astype(self.dtype), (self.strides,) * 2,
                                      self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    self._count(y.shape)
     return y + self.bias[...].astype(self.dtype) if self.bias is not None else y
+
+
+def forward_macs(model: nnx.Module, inputs: jax.ShapeDtypeStruct) -> dict[str, int]:
+  """The multiply-accumulates of each N:M layer's kernel (NMLinear, NMConv; by name) in one forward pass of `model`
+  on a batch shaped like `inputs`, dense (traced: nothing is computed). Not the factors of low-rank layers."""
+  NMKernel._counting = calls = []
+  try:
+    jax.eval_shape(lambda x: model(x), inputs)
+  finally:
+    NMKernel._counting = None
+  out: dict[str, int] = {}
+  for name, macs in calls:
+    out[name] = out.get(name, 0) + macs
+  return out
 
 
 class NMFactor(NMKernel):

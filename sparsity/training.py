@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparsity.layers import NMKernel, Sparsity
+from sparsity.layers import NMKernel, Sparsity, forward_macs
 from sparsity.schedules import DECAYS, STRUCTURES, Phases, mask_decay, structure_decay_frames
 
 METHODS = ("ste", "srste", "mdgf", "sdgf", "unstructured")
@@ -40,11 +40,13 @@ class NMTraining:
   within frames); SR-STE's λ_w `srste_decay` and `srste_mode` (coupled: the paper's λ_w·(1 − m)⊙W added to the
   gradient, before the optimizer | decoupled: W ← W − lr·λ_w·(1 − m)⊙W after the optimizer's update, as AdamW
   decouples weight decay, so that an adaptive optimizer does not normalize it away); `dense_warmup` and `finetune`
-  as fractions of the updates. A bad value is a ValueError naming the argument."""
+  as fractions of the updates. `inputs` (a batch's shape, optional): also count the forward FLOPs that N:M hardware
+  saves (`forward_flops_saved`). A bad value is a ValueError naming the argument."""
 
   def __init__(self, model: nnx.Module, *, num_steps: int, method: str = "srste", decay: str = "exp",
                decay_coef: float = 0.0, mdgf_grad: str = "ste", structure: str = "stepwise", sdgf_decay: bool = False,
-               srste_decay: float = 2e-4, srste_mode: str = "coupled", dense_warmup: float = 0.0, finetune: float = 0.0):
+               srste_decay: float = 2e-4, srste_mode: str = "coupled", dense_warmup: float = 0.0, finetune: float = 0.0,
+               inputs: jax.ShapeDtypeStruct | None = None):
     _require(method in METHODS, "method", f"={method!r} is unknown; choose one of {list(METHODS)}")
     _require(decay in DECAYS, "decay", f"={decay!r} is unknown; choose one of {list(DECAYS)}")
     _require(mdgf_grad in MDGF_GRADS, "mdgf_grad", f"={mdgf_grad!r} is unknown; choose one of {list(MDGF_GRADS)}")
@@ -80,6 +82,21 @@ class NMTraining:
       layer.groups = math.lcm(*(fm for _, _, fm in frames))  # What a shrink of its axis must keep whole.
     starts = {self.phases.warmup + t for frames in self.frames.values() for t, _, _ in frames}
     self.boundaries = (starts | {self.phases.warmup + self.phases.sparse}) - {0}
+    self.macs = forward_macs(model, inputs) if inputs is not None else {}
+
+  def forward_flops_saved(self, step: int, model: nnx.Module) -> float:
+    """The FLOPs of updates 1..`step` that a sparse matmul unit (N:M tensor cores) saves: 2·(1 − N/M)·MACs of each
+    forward pass through a layer with a binary N:M mask. Not where the mask is soft (MDGF: the forward reads every
+    weight) or unstructured, and not the backward (its input gradient reduces over the other kernel axis, which the
+    N:M groups do not structure); 0 without `inputs`."""
+    cuts = sorted({0, step, *(b for b in self.boundaries if b < step)})
+    saved = 0.0
+    for done, end in zip(cuts, cuts[1:]):  # Each stretch has one configuration per layer.
+      for _, layer in nm_layers(model):
+        s = self.sparsity_at(done, layer)
+        if s.pattern and not (s.soft or s.unstructured):
+          saved += (end - done) * 2 * (1 - s.pattern[0] / s.pattern[1]) * self.macs.get(layer.name, 0)
+    return saved
 
   def sparsity_at(self, done: int, layer) -> Sparsity:
     """The layer's configuration for the update that follows `done` completed updates."""
@@ -187,4 +204,5 @@ class NMTraining:
     return {**out, "sparsity/total": pruned / total, "nm/alpha": float(self.alpha(step)), "nm/n": n, "nm/m": m,
             "nm/flip_rate": flips / entries, "nm/grad_norm_kept": float(np.sqrt(grad_sq[0])),
             "nm/grad_norm_pruned": float(np.sqrt(grad_sq[1])), "nm/kept_weight_norm": float(np.sqrt(weight_sq[0])),
-            "nm/pruned_weight_norm": float(np.sqrt(weight_sq[1]))}
+            "nm/pruned_weight_norm": float(np.sqrt(weight_sq[1])),
+            **({"nm/forward_flops_saved": self.forward_flops_saved(step, model)} if self.macs else {})}

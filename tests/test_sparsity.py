@@ -239,3 +239,18 @@ def test_conv_groups_input_channels_and_uses_the_hard_mask_and_bias():
   expected = jax.lax.conv_general_dilated(x, kernel * mask, (2, 2), "SAME",
                                           dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
   np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_macs_and_the_flops_n_m_hardware_saves():
+  """MACs of each N:M layer in one forward pass; the saving counts binary-mask updates only (not the dense warm-up,
+  not MDGF's soft mask), at 1 − N/M of 2·MACs."""
+  model = nnx.Sequential(NMLinear(8, 16, n=1, m=8, rngs=nnx.Rngs(0), name="a"), jax.nn.relu,
+                         NMLinear(16, 4, n=1, m=8, rngs=nnx.Rngs(1), name="b"))
+  inputs = jax.ShapeDtypeStruct((5, 3, 8), jnp.float32)  # 15 rows.
+  assert sparsity.layers.forward_macs(model, inputs) == {"a": 15 * 8 * 16, "b": 15 * 16 * 4}
+  per_update = 2 * (1 - 1 / 8) * 15 * (8 * 16 + 16 * 4)
+  ste = sparsity.NMTraining(model, num_steps=10, method="ste", dense_warmup=0.2, inputs=inputs)
+  assert [ste.forward_flops_saved(t, model) for t in (2, 5, 10)] == pytest.approx([0, 3 * per_update, 8 * per_update])
+  mdgf = sparsity.NMTraining(model, num_steps=10, method="mdgf", dense_warmup=0.2, finetune=0.3, inputs=inputs)
+  assert [mdgf.forward_flops_saved(t, model) for t in (7, 10)] == pytest.approx([0, 3 * per_update])
+  assert "nm/forward_flops_saved" not in sparsity.NMTraining(model, num_steps=10).metrics(1, model)  # No inputs.

@@ -1,8 +1,10 @@
 """N:M sparsity with progressive gradient flow (sparsity/, ALGORITHMS.md B): `layers.type=nm`, configured by
 `config.nm`."""
 
+import jax
 import ml_collections
 
+import data
 import sparsity
 from experiment.config import ConfigError
 from experiment.methods.base import Spec
@@ -27,7 +29,9 @@ def make(config: ml_collections.ConfigDict, model) -> sparsity.NMTraining:
   if not sparsity.nm_layers(model):
     raise ConfigError(f"config.layers.keep_dense keeps every layer dense, so config.layers.type="
                       f"{config.layers.type!r} has nothing to sparsify; narrow keep_dense")
-  return sparsity.NMTraining(model, num_steps=config.num_steps, **config.nm.to_dict())
+  spec = data.dataset(config.dataset.name, config.dataset.get("data_dir") or None, config.dataset.get("preprocess", ""))
+  inputs = jax.ShapeDtypeStruct((config.batch_size, *spec.input_shape), spec.input_dtype)  # To count its FLOPs.
+  return sparsity.NMTraining(model, num_steps=config.num_steps, inputs=inputs, **config.nm.to_dict())
 
 
 # config.layers: n, m (the N:M of every N:M layer), patterns ({"fnmatch pattern": "n:m"}: per-layer-group N:M, the
