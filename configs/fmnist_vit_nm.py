@@ -42,14 +42,18 @@ SGD = {"optimizer.name": "sgd", "optimizer.learning_rate": 0.1, "optimizer.weigh
 SRSTE_DECOUPLED = (1.0, 6.0, 30.0)  # λ_w; λ_w·Σ lr over the run (≈ 0.94 with AdamW here) ≈ 6 is SR-STE's ImageNet
 # strength (2e-4 × Σ lr ≈ 30 over 120 SGD epochs), which the coupled 2e-4 reaches neither under AdamW nor in 859
 SRSTE_SGD = (2e-4, 0.13)  # updates of SGD (Σ lr ≈ 47 here: 0.13 matches it).
-DECAY_KT = (2, 5, 10, 20, 50)  # MDGF-exp's k·T over the T updates of the sparse phase (the default is 5).
+DECAY_KT = (2, 5, 10, 20, 50)  # MDGF's k·T over the T updates of the sparse phase (the defaults: exp 5, linear 2).
+# Equal training FLOPs at 1:16 (measured: 6.89e9 FLOPs per update for every method here; N:M hardware saves 2.01e9
+# of them on a binary-mask forward, none on MDGF's soft one): STE and SR-STE in 1213 updates cost what MDGF's 859 do.
+EQUAL_FLOPS_STEPS = 1213
 
 
 def get_sweep(name: str = "methods"):
   """methods: dense, and STE, SR-STE, MDGF-linear, MDGF-exp, SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16.
   srste: SR-STE controlled at 1:16 — STE and SR-STE with AdamW (coupled, the paper's rule; decoupled at each λ_w of
   SRSTE_DECOUPLED) and with SGD (STE; SR-STE at each λ_w of SRSTE_SGD). mdgf_decay: MDGF-exp at each k·T of
-  DECAY_KT, at 1:8 and 1:16. layers: MDGF-exp and SR-STE at 1:8 and 1:16 with only the MLP layers N:M (the
+  DECAY_KT, exp and linear, at 1:16 and 1:8 (each schedule and level a group: k·T chosen on validation).
+  equal_flops: STE and SR-STE at 1:16 for EQUAL_FLOPS_STEPS updates, the training FLOPs of MDGF's 859. layers: MDGF-exp and SR-STE at 1:8 and 1:16 with only the MLP layers N:M (the
   PGF recipe's choice) against all block projections. Seeds 0-2 (a first look: sweep.py --seeds=0; λ_w and k·T chosen on validation)."""
   if name == "methods":
     return common.nm_sweep(levels=((2, 4), (1, 4), (1, 8), (1, 16)))
@@ -65,10 +69,13 @@ def get_sweep(name: str = "methods"):
                 dict(name="ste_sgd", group="STE (SGD)", overrides={**level, **SGD, "nm.method": "ste"}),
                 *(dict(name=f"srste_{lam:g}_sgd", group="SR-STE (SGD)",
                        overrides={**level, **SGD, "nm.method": "srste", "nm.srste_decay": lam}) for lam in SRSTE_SGD)],
-      "mdgf_decay": [dict(name=f"mdgf_exp_kt{kt}_{n}of{m}", group=f"MDGF-exp k·T={kt}",
-                          overrides={"layers.n": n, "layers.m": m, "nm.method": "mdgf", "nm.decay": "exp",
+      "mdgf_decay": [dict(name=f"mdgf_{decay}_kt{kt}_{n}of{m}", group=f"MDGF-{decay} {n}:{m}",
+                          overrides={"layers.n": n, "layers.m": m, "nm.method": "mdgf", "nm.decay": decay,
                                      "nm.decay_coef": kt / get_config().num_steps})
-                     for n, m in ((1, 8), (1, 16)) for kt in DECAY_KT],
+                     for decay in ("exp", "linear") for n, m in ((1, 16), (1, 8)) for kt in DECAY_KT],
+      "equal_flops": [dict(name=f"{method}_1of16_equal_flops", group=f"{group} (equal FLOPs)",
+                           overrides={**level, **common.NM_METHODS[method][1], "num_steps": EQUAL_FLOPS_STEPS})
+                      for method, group in (("ste", "STE"), ("sr-ste", "SR-STE"))],
       "layers": [dict(name=f"{method}_{n}of{m}{suffix}", group=f"{group}{', MLP only' if suffix else ''}",
                       arg="ffn_only=true" if suffix else "",
                       overrides={"layers.n": n, "layers.m": m, **common.NM_METHODS[method][1]})
