@@ -78,7 +78,8 @@ def get_sweep(name: str = "methods"):
                       for method, group in (("ste", "STE"), ("sr-ste", "SR-STE"))],
       "layers": [dict(name=f"{method}_{n}of{m}{suffix}", group=f"{group}{', MLP only' if suffix else ''}",
                       arg="ffn_only=true" if suffix else "",
-                      overrides={"layers.n": n, "layers.m": m, **common.NM_METHODS[method][1]})
+                      overrides={"layers.n": n, "layers.m": m, **common.NM_METHODS[method][1],
+                                 **({"nm.decay_coef": 5 / get_config().num_steps} if method == "mdgf-exp" else {})})
                  for method, group in (("mdgf-exp", "MDGF-exp"), ("sr-ste", "SR-STE")) for suffix in ("", "_ffn")
                  for n, m in ((1, 8), (1, 16))],
   }
