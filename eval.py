@@ -331,6 +331,10 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   sweep, results, missing = report.collect(folder)
   if not results:
     raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
+  groups = {r.group for r in results}
+  reference = _REFERENCE.value or ("dense" if "dense" in groups else None)
+  if reference not in groups | {None}:
+    raise config_lib.ConfigError(f"--reference={reference}: no group of that name; the groups are {sorted(groups)}")
   put = sharding.batch_placer(mesh, whole=True)
   baselines, key, notes = {}, report.metric(results), []
   dense = next((r for r in results if r.dense), None)
@@ -366,10 +370,6 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), "",
            "Train FLOPs: XLA's count of each compiled train step, summed over the run's steps, less the forward FLOPs a "
            "sparse matmul unit saves on layers with a binary N:M mask (N/M of theirs).", ""]
-  groups = {r.group for r in results}
-  reference = _REFERENCE.value or ("dense" if "dense" in groups else None)
-  if reference not in groups | {None}:
-    raise config_lib.ConfigError(f"--reference={reference}: no group of that name; the groups are {sorted(groups)}")
   lines += [f"Chosen on validation: each group's run with the best mean validation {key.removeprefix('eval/')} "
             f"over the seeds all its runs have; its test metric over all its seeds"
             + (f", and the difference to {reference}'s with a 95% interval (Welch's t)" if reference else "") + ":", "",

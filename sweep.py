@@ -2,6 +2,7 @@
 crossed with every seed, each a plain train.py run in `<folder>/<name>_s<seed>`.
 
   python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --workers 2
+  python sweep.py --config configs/fmnist_vit_nm.py:srste --folder runs/sweeps/vit_srste   # a named sweep
   python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --list   # commands only
   python sweep.py --config configs/fmnist_vit_nm.py --folder runs/sweeps/vit_nm --emit=slurm  # then: sbatch ...
   python eval.py report runs/sweeps/vit_nm                                                # table and plots
@@ -30,7 +31,8 @@ from experiment.workdir import machine_failure
 RUN_ENV = dict(os.environ)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-_CONFIG = flags.DEFINE_string("config", None, "A config file with a get_sweep() function (configs/*.py).")
+_CONFIG = flags.DEFINE_string("config", None, "A config file with a get_sweep() function (configs/*.py); "
+                              "file.py:name picks its sweep `name` (get_sweep(name)) where it declares several.")
 _FOLDER = flags.DEFINE_string("folder", None, "The sweep's folder: one workdir per run, sweep.json, the report.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs at a time.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these run names (all seeds); default: all.")
@@ -81,7 +83,7 @@ def main(argv) -> None:
     for r in runs:
       print(f"{'finished' if sweeps.finished(r.workdir) else 'to run  '}  {shlex.join(r.command)}")
     return
-  sweeps.record(runs, folder, ["python", *sys.argv])
+  sweeps.record(runs, folder, ["python", *sys.argv], _CONFIG.value)
   chosen = [r for r in runs if r.name in names and r.seed in seeds]
   if _EMIT.value:
     todo = [r for r in chosen if not sweeps.finished(r.workdir)]

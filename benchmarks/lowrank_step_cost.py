@@ -61,7 +61,7 @@ def compilations(config, batch, mesh, ranks: dict[float, dict[str, int]]) -> dic
   """Compilations of the ordered-dropout train step after 100 steps, then after each of two shrinks (10 steps each)."""
   model = build.model(config)
   optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
-  step = make_train_step(methods.build(config, model), 0, mesh)
+  step = make_train_step(methods.build(config, model), 0, mesh, learning_rate=build.learning_rate(config))
   compiled, counts = count_compilations(), {}
   for event, steps, shrink_to in (("100 steps with rank sampling", 100, None), ("after shrink 1", 10, 0.5),
                                   ("after shrink 2", 10, 0.25)):

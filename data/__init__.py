@@ -105,6 +105,11 @@ DATASETS = {  # This project's builders (offline); any other name is looked up i
 }
 
 
+def of_config(d) -> Dataset:
+  """The dataset a config's `dataset` section names (its name, data_dir, preprocess)."""
+  return dataset(d.name, d.get("data_dir") or None, d.get("preprocess", ""))
+
+
 def dataset(name: str, data_dir: str | None = None, preprocessing: str = "") -> Dataset:
   """Dataset `name`: one of DATASETS, or a TFDS catalog dataset prepared in `data_dir`, preprocessed as its family
   (`preprocessing` "": the default for its name)."""

@@ -36,8 +36,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 def dataset(config: ml_collections.ConfigDict) -> data.Dataset:
   """What the configured dataset is: input shape and dtype, classes, default splits, how to load and batch it."""
-  d = config.dataset
-  return data.dataset(d.name, d.get("data_dir") or None, d.get("preprocess", ""))
+  return data.of_config(config.dataset)
 
 
 def example_input(config: ml_collections.ConfigDict, batch: int = 1) -> jax.Array:

@@ -1,6 +1,7 @@
 """Step-indexed checkpoints (Orbax): the train state, the input iterator's
 position, the method's state (JSON) and the per-step metrics logged since the
-last log step (JSON), so a resumed run logs the same window means.
+last log step with the loop's running counters (training FLOPs; JSON), so a
+resumed run logs the same values.
 
 Saving is asynchronous: `save` returns once the arrays are copied off the
 devices, and Orbax writes the files while training goes on. A kill can land

@@ -49,8 +49,9 @@ class Result:
   @property
   def train_flops(self) -> float:
     """Training FLOPs: XLA's count of each compiled step summed over the run, less the forward FLOPs N:M hardware
-    saves (nm/forward_flops_saved: binary N:M masks at N/M); nan for a run older than the count."""
-    return self.final.get("flops/total", math.nan) - self.final.get("nm/forward_flops_saved", 0.0)
+    saves (nm/forward_flops_saved: binary N:M masks at N/M); nan for a run older than either count."""
+    saved = self.final.get("nm/forward_flops_saved", math.nan if self.sparse else 0.0)
+    return self.final.get("flops/total", math.nan) - saved
 
   @property
   def params(self) -> float:
@@ -121,9 +122,15 @@ def table(results: list[Result]) -> list[dict]:
     for key, column, fmt in (("sparsity/total", "sparsity", ".3f"), ("time/train_s", "train time (s)", ".0f")):
       values = [f[key] for f in finals if key in f]
       row[column] = format(statistics.mean(values), fmt) if values else "—"
-    row["train FLOPs"] = format(statistics.mean(r.train_flops for r in runs), ".3g")
+    row["train FLOPs"] = _flops(runs)
     rows.append(row)
   return rows
+
+
+def _flops(runs: list[Result]) -> str:
+  """The runs' mean training FLOPs, or — where a run predates the count."""
+  mean = statistics.mean(r.train_flops for r in runs)
+  return "—" if math.isnan(mean) else f"{mean:.3g}"
 
 
 def welch(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -145,20 +152,39 @@ def better(key: str) -> int:
   return 1 if key.endswith("accuracy") else -1
 
 
+def validation(key: str) -> str:
+  """The validation twin (val/...) of a test metric (eval/...)."""
+  return key.replace("eval/", "val/", 1)
+
+
+def best_on_validation(names: dict[str, list[Result]], key: str) -> list[Result]:
+  """Of several run names (name -> seeds), the one with the best mean validation `key` over the seeds they all have
+  (a first look at seed 0 chooses on seed 0): its results, all seeds. Runs without validation metrics (older ones)
+  are chosen last."""
+  shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
+
+  def score(runs: list[Result]) -> float:
+    values = [r.final[validation(key)] for r in runs if r.seed in shared and validation(key) in r.final]
+    return better(key) * statistics.mean(values) if values else -math.inf
+
+  return max(names.values(), key=score)
+
+
 def chosen_on_validation(results: list[Result], key: str) -> dict[str, list[Result]]:
-  """Each group's chosen run name: the best mean validation `key` (val/... of eval/...) over the seeds every run
-  name of the group has (a first look at seed 0 chooses on seed 0); group -> that run name's results (all seeds)."""
-  val = key.replace("eval/", "val/", 1)
-  out = {}
-  for group, names in _groups(results, lambda r: True).items():
-    shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
+  """Each group's run name chosen on validation (`best_on_validation`): group -> its results (all seeds)."""
+  return {group: best_on_validation(names, key) for group, names in _groups(results, lambda r: True).items()}
 
-    def score(runs: list[Result]) -> float:  # Runs without validation metrics (older ones) are chosen last.
-      values = [r.final[val] for r in runs if r.seed in shared and val in r.final]
-      return better(key) * statistics.mean(values) if values else -math.inf
 
-    out[group] = max(names.values(), key=score)
-  return out
+def _level(r: Result) -> tuple[int, int]:
+  return r.config["layers"]["n"], r.config["layers"]["m"]
+
+
+def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int], list[Result]]:
+  """A group's runs at each N:M level: the run name chosen on validation where it has several there."""
+  levels = {}
+  for name, runs in names.items():
+    levels.setdefault(_level(runs[0]), {})[name] = runs
+  return {level: best_on_validation(at, key) for level, at in levels.items()}
 
 
 def chosen_table(results: list[Result], key: str, reference: str | None) -> list[dict]:
@@ -170,10 +196,10 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
   rows = []
   for group, runs in chosen.items():
     test = [r.final[key] for r in runs]
-    val = [r.final[key.replace("eval/", "val/", 1)] for r in runs if key.replace("eval/", "val/", 1) in r.final]
+    val = [r.final[validation(key)] for r in runs if validation(key) in r.final]
     row = {"group": group, "chosen": runs[0].name, "seeds": len(runs), "val": mean_std(val, scale, digits) if val else "—",
            "test": mean_std(test, scale, digits),
-           "train FLOPs": format(statistics.mean(r.train_flops for r in runs), ".3g")}
+           "train FLOPs": _flops(runs)}
     if base is not None:
       diff, lo, hi = welch(test, base)
       row[f"Δ test vs {reference} (95% CI)"] = (
@@ -184,18 +210,17 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
 
 
 def nm_table(results: list[Result], key: str) -> list[dict]:
-  """N:M sweeps: one row per method (and dense), one column per N:M level: `key` as mean ± std (seeds)."""
+  """N:M sweeps: one row per method (and dense), one column per N:M level: `key` as mean ± std (seeds) of the
+  group's run there (chosen on validation where it has several)."""
   groups, dense = _groups(results, Result.sparse), [r.final[key] for r in results if r.dense and key in r.final]
-  levels = sorted({(r.config["layers"]["n"], r.config["layers"]["m"]) for r in results if r.sparse},
-                  key=lambda nm: nm[0] / nm[1], reverse=True)
+  levels = sorted({_level(r) for r in results if r.sparse}, key=lambda nm: nm[0] / nm[1], reverse=True)
   if not levels:  # No N:M runs (e.g. a low-rank sweep): no table.
     return []
   scale = 100 if key == "eval/accuracy" else 1
   cell = lambda values: f"{mean_std(values, scale, 2 if scale == 100 else 4)} ({len(values)})" if values else "—"
   rows = [{"method": "dense", **{f"{n}:{m}": cell(dense) for n, m in levels}}] if dense else []
   for group, names in groups.items():
-    by_level = {(rs[0].config["layers"]["n"], rs[0].config["layers"]["m"]): [r.final[key] for r in rs]
-                for rs in names.values()}
+    by_level = {level: [r.final[key] for r in runs] for level, runs in _by_level(names, key).items()}
     rows.append({"method": group, **{f"{n}:{m}": cell(by_level.get((n, m), [])) for n, m in levels}})
   return rows
 
@@ -265,8 +290,7 @@ def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accura
   levels, counts = {}, []
   for group, names in groups.items():
     points = []
-    for runs in names.values():
-      n, m = runs[0].config["layers"]["n"], runs[0].config["layers"]["m"]
+    for (n, m), runs in _by_level(names, key).items():
       levels[1 - n / m] = f"{n}:{m}"
       points.append((1 - n / m, [r.final[key] * scale for r in runs]))
       counts.append(len(runs))

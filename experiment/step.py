@@ -109,9 +109,10 @@ def make_train_step(method: methods.Method, seed: int, mesh: Mesh, layout: str =
     else:
       (loss, logits, extra), grads = _gradients(method, seed, model, batch, step)
       step_metrics = {"train/loss": loss, "train/accuracy": _accuracy(logits, batch["targets"]), **extra}
+    rate = learning_rate(optimizer.step[...]) if method.updates_after else None  # This update's (its count so far).
     optimizer.update(model, grads)
     if method.updates_after:
-      method.after_update(model, step, learning_rate(step - 1))  # optax counts the first update 0.
+      method.after_update(model, step, rate)
     step_metrics |= {"train/grad_norm": optax.tree.norm(grads),
                      "train/param_norm": optax.tree.norm(nnx.state(model, nnx.Param))}
     new_state = (nnx.state(model), nnx.state(optimizer))

@@ -123,10 +123,10 @@ def finished(workdir: pathlib.Path) -> bool:
   return any(r["step"] == num_steps and any(k.startswith("eval/") for k in r) for r in rows)
 
 
-def record(runs: list[Run], folder: pathlib.Path, command: list[str]) -> None:
+def record(runs: list[Run], folder: pathlib.Path, command: list[str], config: str) -> None:
   """<folder>/sweep.json: the sweep command, the code version, every run and its train.py command."""
   folder.mkdir(parents=True, exist_ok=True)
-  payload = {"command": shlex.join(command), "code": code_version(), "machine": machine(), "config": runs[0].config_file,
+  payload = {"command": shlex.join(command), "code": code_version(), "machine": machine(), "config": config,
              "runs": [{"name": r.name, "group": r.group, "seed": r.seed, "overrides": r.overrides,
                        "workdir": r.workdir.name, "command": shlex.join(r.command)} for r in runs]}
   write_atomic(folder / "sweep.json", json.dumps(payload, indent=2) + "\n")

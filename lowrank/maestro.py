@@ -154,7 +154,7 @@ class Maestro:
       full_loss, full_logits = forward(model, None)
       set_active_ranks(model, sampled)
       sampled_loss, logits = forward(model, jax.nn.softmax(jax.lax.stop_gradient(full_logits)))
-      loss = full_loss + sampled_loss
+      loss = jnp.where(self.finetuning(step), full_loss, full_loss + sampled_loss)  # Fine-tune: sampled = full.
     else:
       set_active_ranks(model, sampled)
       loss, logits = forward(model, None)

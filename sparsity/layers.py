@@ -17,6 +17,7 @@ it in float32; a layer computes in its `dtype` (e.g. bfloat16): only the masked
 kernel, the input and the bias are cast, at use.
 """
 
+import contextvars
 import dataclasses
 import fnmatch
 import math
@@ -63,6 +64,10 @@ class Sparsity:
   unstructured: bool = False
 
 
+_COUNTING: contextvars.ContextVar[list | None] = contextvars.ContextVar("nm_forward_macs", default=None)  # Where
+# `forward_macs` collects each N:M layer call's (name, multiply-accumulates) while it traces a forward pass.
+
+
 class MaskDecay(nnx.Variable):
   """α of mask decay; nonzero only inside the training loss."""
 
@@ -86,11 +91,10 @@ class NMKernel(nnx.Module):
   """What NMLinear, NMConv and NMFactor share: the kernel, its mask and the forward rule; `axis` is the one grouped
   in M, `groups` a size it must stay divisible by (M, or every M its training will use)."""
 
-  _counting: list | None = None  # Where `forward_macs` collects (name, multiply-accumulates) of each call.
-
   def _count(self, out_shape: tuple[int, ...]) -> None:
-    if NMKernel._counting is not None:  # Each output entry is a dot product over the kernel's all-but-last axes.
-      NMKernel._counting.append((self.name, math.prod(out_shape[:-1]) * math.prod(self.kernel.shape)))
+    calls = _COUNTING.get()
+    if calls is not None:  # Each output entry is a dot product over the kernel's all-but-last axes.
+      calls.append((self.name, math.prod(out_shape[:-1]) * math.prod(self.kernel.shape)))
 
   def _init_sparsity(self, kernel: jax.Array, n: int, m: int, axis: int, name: str, dtype: jnp.dtype) -> None:
     if kernel.shape[axis] % m:
@@ -161,11 +165,13 @@ class NMConv(NMKernel):
 def forward_macs(model: nnx.Module, inputs: jax.ShapeDtypeStruct) -> dict[str, int]:
   """The multiply-accumulates of each N:M layer's kernel (NMLinear, NMConv; by name) in one forward pass of `model`
   on a batch shaped like `inputs`, dense (traced: nothing is computed). Not the factors of low-rank layers."""
-  NMKernel._counting = calls = []
+  graph, state = nnx.split(model)  # A copy to trace: the forward may write state (BatchNorm's statistics).
+  calls = []
+  token = _COUNTING.set(calls)
   try:
-    jax.eval_shape(lambda x: model(x), inputs)
+    jax.eval_shape(lambda state, x: nnx.merge(graph, state)(x), state, inputs)
   finally:
-    NMKernel._counting = None
+    _COUNTING.reset(token)
   out: dict[str, int] = {}
   for name, macs in calls:
     out[name] = out.get(name, 0) + macs

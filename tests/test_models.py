@@ -9,6 +9,7 @@ import models
 from experiment import methods
 from experiment.config import ConfigError
 from models.layers import LayerFactory
+import sparsity
 from sparsity import NMLinear
 
 
@@ -86,6 +87,11 @@ def test_low_rank_and_nm_reach_every_convolution_of_a_resnet(layers):
   expected = {"lowrank": {"Conv", "LowRankConv", "LowRankLinear"}, "nm": {"Conv", "NMConv", "NMLinear"}}
   assert kinds == expected[layers["type"]]
   assert model(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
+  if layers["type"] == "nm":  # Counting its N:M multiply-accumulates traces a copy: BatchNorm's statistics stay.
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    macs = sparsity.layers.forward_macs(model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+    assert len(macs) == len(sparsity.nm_layers(model)) and all(v > 0 for v in macs.values())
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat)))
 
 
 @pytest.mark.slow  # ResNet-50's 53 convolutions: the MLP's switch is in tests/test_lowrank_train.py.

@@ -18,7 +18,8 @@ DEFAULTS = dict(
     shrink_eps=0.0,            # Keep components with importance >= this.
     dense_warmup_steps=0,      # > 0: train dense this long, then switch to the SVD factors.
     dense_warmup_epochs=0.0,   # > 0: dense_warmup_steps in epochs.
-    group_lasso_warmup=0.0,    # λ rises linearly from 0 over this fraction of the updates after the dense warm-up.
+    group_lasso_warmup=0.0,    # λ rises linearly from 0, from the end of the dense warm-up, over this fraction of
+                               # all updates.
     finetune=0.0,              # The last fraction of the updates: a penalty-free fine-tune of the kept ranks (λ = 0, no
                                # sampling; a last shrink as it begins, none after).
 )

@@ -29,7 +29,7 @@ def make(config: ml_collections.ConfigDict, model) -> sparsity.NMTraining:
   if not sparsity.nm_layers(model):
     raise ConfigError(f"config.layers.keep_dense keeps every layer dense, so config.layers.type="
                       f"{config.layers.type!r} has nothing to sparsify; narrow keep_dense")
-  spec = data.dataset(config.dataset.name, config.dataset.get("data_dir") or None, config.dataset.get("preprocess", ""))
+  spec = data.of_config(config.dataset)
   inputs = jax.ShapeDtypeStruct((config.batch_size, *spec.input_shape), spec.input_dtype)  # To count its FLOPs.
   return sparsity.NMTraining(model, num_steps=config.num_steps, inputs=inputs, **config.nm.to_dict())
 
