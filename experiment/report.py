@@ -128,9 +128,9 @@ def table(results: list[Result]) -> list[dict]:
 
 
 def _flops(runs: list[Result]) -> str:
-  """The runs' mean training FLOPs, or — where a run predates the count."""
-  mean = statistics.mean(r.train_flops for r in runs)
-  return "—" if math.isnan(mean) else f"{mean:.3g}"
+  """The mean training FLOPs of the runs that counted them (the seeds of one config count the same), or —."""
+  known = [r.train_flops for r in runs if math.isfinite(r.train_flops)]
+  return f"{statistics.mean(known):.3g}" if known else "—"
 
 
 def welch(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
