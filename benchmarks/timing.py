@@ -41,7 +41,8 @@ def train_setup(config, model, mesh, layout: str = "data", method=None):
   method.restore(model, optimizer, {})
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
   state = sharding.place((model_state, opt_state), mesh, layout)
-  return method, make_train_step(method, config.seed, mesh, layout, learning_rate=build.learning_rate(config)), model_def, opt_def, state
+  step = make_train_step(method, config.seed, mesh, layout, learning_rate=build.learning_rate(config))
+  return method, step, model_def, opt_def, state
 
 
 class Stepper:

@@ -17,6 +17,7 @@ it in float32; a layer computes in its `dtype` (e.g. bfloat16): only the masked
 kernel, the input and the bias are cast, at use.
 """
 
+import collections
 import contextvars
 import dataclasses
 import fnmatch
@@ -64,8 +65,8 @@ class Sparsity:
   unstructured: bool = False
 
 
-_COUNTING: contextvars.ContextVar[list | None] = contextvars.ContextVar("nm_forward_macs", default=None)  # Where
-# `forward_macs` collects each N:M layer call's (name, multiply-accumulates) while it traces a forward pass.
+# Where `forward_macs` collects each N:M layer call's (name, multiply-accumulates) while it traces a forward pass.
+_COUNTING: contextvars.ContextVar[list | None] = contextvars.ContextVar("nm_forward_macs", default=None)
 
 
 class MaskDecay(nnx.Variable):
@@ -172,10 +173,10 @@ def forward_macs(model: nnx.Module, inputs: jax.ShapeDtypeStruct) -> dict[str, i
     jax.eval_shape(lambda state, x: nnx.merge(graph, state)(x), state, inputs)
   finally:
     _COUNTING.reset(token)
-  out: dict[str, int] = {}
-  for name, macs in calls:
-    out[name] = out.get(name, 0) + macs
-  return out
+  out = collections.Counter()
+  for name, macs in calls:  # A layer called twice in one pass counts twice.
+    out[name] += macs
+  return dict(out)
 
 
 class NMFactor(NMKernel):
