@@ -128,6 +128,11 @@ def pufferfish(rank_ratio: float, batch_size: int = 256) -> dict:
           "lowrank.shrink_eps": 0.0, "lowrank.dense_warmup_steps": epochs(1, batch_size), "layers.rank_ratio": rank_ratio}
 
 
+# Maestro's recipes on the Pufferfish-style baseline's terms (the controlled sweeps): its one dense epoch first
+# (at batch 256), λ rising over a quarter of the run, a penalty-free fine-tune of the last fifth (after a last shrink).
+DENSE_EPOCH = {"lowrank.dense_warmup_steps": epochs(1, 256)}
+LAMBDA_RAMP, FINETUNE = {"lowrank.group_lasso_warmup": 0.25}, {"lowrank.finetune": 0.2}
+
 def cuttlefish(c: ml_collections.ConfigDict, *, track_every_epochs: float = 1.0) -> dict:
   """config.cuttlefish's fields (experiment/methods/cuttlefish.py), measuring the stable ranks every
   `track_every_epochs` (in steps where the config counts steps)."""

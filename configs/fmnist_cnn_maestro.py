@@ -20,10 +20,22 @@ def get_config(arg: str | None = None):
   return common.apply_args(c, parse_arg(arg))
 
 
-def get_sweep():
-  """Dense, Maestro, the Pufferfish-style baseline (fixed rank ratio after one dense epoch) at ρ = 0.43, about
-  Maestro's size (conv2: 28, fc: 111 ranks; 389,770 parameters), and Cuttlefish, three seeds."""
-  return dict(seeds=(0, 1, 2), runs=[dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
-                                     dict(name="maestro", group="Maestro", overrides={}),
-                                     dict(name="pufferfish_0.43", group="Pufferfish", overrides=common.pufferfish(0.43)),
-                                     dict(name="cuttlefish", group="Cuttlefish", overrides={"layers.type": "cuttlefish"})])
+def get_sweep(name: str = "methods"):
+  """methods: dense, Maestro, the Pufferfish-style baseline (fixed rank ratio after one dense epoch) at ρ = 0.43,
+  about Maestro's size (conv2: 28, fc: 111 ranks; 389,770 parameters), and Cuttlefish. controlled: dense, that
+  baseline, and Maestro as before, with self-distillation (its full-rank network trained directly too), and with
+  distillation on the baseline's terms (its dense epoch first, the λ ramp, the fine-tune), one group: its recipe
+  chosen on validation. Three seeds."""
+  dense = dict(name="dense", group="dense", overrides={"layers.type": "dense"})
+  baseline = dict(name="pufferfish_0.43", group="Pufferfish", overrides=common.pufferfish(0.43))
+  if name == "controlled":
+    distill = {"lowrank.distill": True}
+    recipe = {**distill, **common.DENSE_EPOCH, **common.LAMBDA_RAMP, **common.FINETUNE}
+    maestro = [dict(name=f"maestro{suffix}", group="Maestro", overrides=overrides) for suffix, overrides in (
+        ("", {}), ("_distill", distill), ("_distill_warmup_ramp_finetune", recipe))]
+    return dict(seeds=(0, 1, 2), runs=[dense, baseline, *maestro])
+  if name != "methods":
+    raise ValueError(f"no sweep named {name!r}; this config's sweeps: methods, controlled")
+  return dict(seeds=(0, 1, 2), runs=[dense, dict(name="maestro", group="Maestro", overrides={}), baseline,
+                                     dict(name="cuttlefish", group="Cuttlefish",
+                                          overrides={"layers.type": "cuttlefish"})])

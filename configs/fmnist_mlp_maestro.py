@@ -29,11 +29,6 @@ def get_config(arg: str | None = None):
   return common.apply_args(c, parse_arg(arg))
 
 
-# Maestro's recipes on the baseline's terms: its one dense epoch first, λ rising over a quarter of the run, a
-# penalty-free fine-tune of the last fifth (after a last shrink).
-WARMUP = {"lowrank.dense_warmup_steps": common.epochs(1, 256)}
-RAMP, FINETUNE = {"lowrank.group_lasso_warmup": 0.25}, {"lowrank.finetune": 0.2}
-
 
 def get_sweep(name: str = "methods"):
   """methods: dense, Maestro at two group-lasso budgets, the Pufferfish-style baseline (a fixed rank ratio after
@@ -42,11 +37,12 @@ def get_sweep(name: str = "methods"):
   the baseline's dense epoch, with and without the λ ramp and the fine-tune (one group: its recipe chosen on
   validation), against dense and the two Pufferfish ratios. Three seeds."""
   if name == "controlled":
+    epoch, ramp, finetune = common.DENSE_EPOCH, common.LAMBDA_RAMP, common.FINETUNE
     return dict(seeds=(0, 1, 2), runs=[
         dict(name="dense", group="dense", overrides={"layers.type": "dense"}),
         *(dict(name=f"maestro{suffix}", group="Maestro", overrides=overrides) for suffix, overrides in (
-            ("", {}), ("_warmup", WARMUP), ("_warmup_ramp", {**WARMUP, **RAMP}),
-            ("_warmup_finetune", {**WARMUP, **FINETUNE}), ("_warmup_ramp_finetune", {**WARMUP, **RAMP, **FINETUNE}))),
+            ("", {}), ("_warmup", epoch), ("_warmup_ramp", {**epoch, **ramp}),
+            ("_warmup_finetune", {**epoch, **finetune}), ("_warmup_ramp_finetune", {**epoch, **ramp, **finetune}))),
         dict(name="pufferfish_0.12", group="Pufferfish 0.12", overrides=common.pufferfish(0.12)),
         dict(name="pufferfish_0.06", group="Pufferfish 0.06", overrides=common.pufferfish(0.06)),
     ])

@@ -278,3 +278,16 @@ def test_a_config_may_declare_several_named_sweeps(tmp_path):
   assert [r.name for r in runs] == ["smoke"] and runs[0].command[3] == f"{path}:smoke"
   with pytest.raises(sweeps.ConfigError, match="run bad's arg='nope=1'"):
     sweeps.expand(f"{path}:bad", tmp_path)
+
+
+NAMED_SWEEPS = {"fmnist_vit_nm.py": ("srste", "mdgf_decay", "equal_flops", "layers"),
+                "fmnist_mlp_maestro.py": ("controlled",), "fmnist_cnn_maestro.py": ("controlled",)}
+DECLARING = sorted(p.name for p in (sweeps.ROOT / "configs").glob("*.py") if "def get_sweep" in p.read_text())
+
+
+@pytest.mark.parametrize("config", [*DECLARING, *(f"{f}:{n}" for f, names in NAMED_SWEEPS.items() for n in names)])
+def test_every_sweep_the_configs_declare_names_real_fields(config, tmp_path):
+  """Every run of every declared sweep (the default and the named ones) sets fields its config has, with values
+  of their types (expand checks them), so a sweep run later does not stop at a misspelt override."""
+  runs = sweeps.expand(f"configs/{config}", tmp_path)
+  assert runs and len({r.workdir for r in runs}) == len(runs)
