@@ -2,7 +2,7 @@
 
 Thresholds are set from measured values with a margin, and each is far from
 what a wrong method gives (noted beside it), so they can fail. Each test prints
-what it measured: `python -m pytest tests/test_lowrank_theory.py -q -s`.
+what it measured: `python -m pytest tests/test_lowrank_theory.py -q -n 0 -s`.
 """
 
 import jax
