@@ -55,9 +55,11 @@ def get_sweep(name: str = "methods"):
   """methods: dense, and STE, SR-STE, MDGF-linear, MDGF-exp, SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16.
   srste: SR-STE controlled at 1:16 — STE and SR-STE with AdamW (coupled, the paper's rule; decoupled at each λ_w of
   SRSTE_DECOUPLED) and with SGD (STE; SR-STE at each λ_w of SRSTE_SGD). mdgf_decay: MDGF-exp at each k·T of
-  DECAY_KT, exp and linear, at 1:16 and 1:8 (each schedule and level a group: k·T chosen on validation).
-  equal_flops: STE and SR-STE at 1:16 for EQUAL_FLOPS_STEPS updates, the training FLOPs of MDGF's 859. layers: MDGF-exp and SR-STE at 1:8 and 1:16 with only the MLP layers N:M (the
-  PGF recipe's choice) against all block projections. Seeds 0-2 (a first look: sweep.py --seeds=0; λ_w and k·T chosen on validation)."""
+  DECAY_KT, exp and linear, at 1:16 and 1:8 (each schedule and level a group: k·T chosen on validation), and STE
+  at each level (the reference).
+  equal_flops: STE and SR-STE at 1:16 for EQUAL_FLOPS_STEPS updates, the training FLOPs of MDGF's 859.
+  layers: MDGF-exp and SR-STE at 1:8 and 1:16 with only the MLP layers N:M (the PGF recipe's choice) against all
+  block projections. Seeds 0-2 (a first look: sweep.py --seeds=0; λ_w and k·T chosen on validation)."""
   if name == "methods":
     return common.nm_sweep(levels=((2, 4), (1, 4), (1, 8), (1, 16)))
   level = {"layers.n": 1, "layers.m": 16}
@@ -75,7 +77,9 @@ def get_sweep(name: str = "methods"):
       "mdgf_decay": [dict(name=f"mdgf_{decay}_kt{kt}_{n}of{m}", group=f"MDGF-{decay} {n}:{m}",
                           overrides={"layers.n": n, "layers.m": m, "nm.method": "mdgf", "nm.decay": decay,
                                      "nm.decay_coef": kt / get_config().num_steps})
-                     for decay in ("exp", "linear") for n, m in ((1, 16), (1, 8)) for kt in DECAY_KT],
+                     for decay in ("exp", "linear") for n, m in ((1, 16), (1, 8)) for kt in DECAY_KT]
+                    + [dict(name=f"ste_{n}of{m}", group=f"STE {n}:{m}",
+                            overrides={"layers.n": n, "layers.m": m, "nm.method": "ste"}) for n, m in ((1, 16), (1, 8))],
       "equal_flops": [dict(name=f"{method}_1of16_equal_flops", group=f"{group} (equal FLOPs)",
                            overrides={**level, **common.NM_METHODS[method][1], "num_steps": EQUAL_FLOPS_STEPS})
                       for method, group in (("ste", "STE"), ("sr-ste", "SR-STE"))],
