@@ -54,7 +54,7 @@ EQUAL_FLOPS_STEPS = 1213
 def get_sweep(name: str = "methods"):
   """methods: dense, and STE, SR-STE, MDGF-linear, MDGF-exp, SDGF-stepwise, SDGF-geometric at 2:4, 1:4, 1:8, 1:16.
   srste: SR-STE controlled at 1:16 — STE and SR-STE with AdamW (coupled, the paper's rule; decoupled at each λ_w of
-  SRSTE_DECOUPLED) and with SGD (STE; SR-STE at each λ_w of SRSTE_SGD). mdgf_decay: MDGF-exp at each k·T of
+  SRSTE_DECOUPLED) and with SGD (STE; SR-STE at each λ_w of SRSTE_SGD). mdgf_decay: MDGF at each k·T of
   DECAY_KT, exp and linear, at 1:16 and 1:8 (each schedule and level a group: k·T chosen on validation), and STE
   at each level (the reference).
   equal_flops: STE and SR-STE at 1:16 for EQUAL_FLOPS_STEPS updates, the training FLOPs of MDGF's 859.
