@@ -49,6 +49,7 @@ def test_processes_starting_together_prepare_the_dataset_once(tmp_path):
   procs = [subprocess.Popen([sys.executable, "-c", load, str(r)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for r in ready]
   while not all(r.exists() for r in ready):  # All imported: then they start loading together.
+    assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
     time.sleep(0.01)
   go.touch()
   outs = [p.communicate(timeout=300) for p in procs]

@@ -33,8 +33,9 @@ def start(script: str, *args: str, logs: pathlib.Path) -> tuple[subprocess.Popen
     return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=stdout, stderr=stderr, text=True), out
 
 
-def finished(proc: subprocess.Popen, out: pathlib.Path, timeout: float = 120) -> subprocess.CompletedProcess:
-  """The process's result, once it has ended by itself (killed, and a TimeoutExpired, after `timeout` s)."""
+def finished(proc: subprocess.Popen, out: pathlib.Path, timeout: float = 600) -> subprocess.CompletedProcess:
+  """The process's result, once it has ended by itself (killed, and a TimeoutExpired, after `timeout` s: a guard
+  against a hang, generous since test files run in parallel on few cores)."""
   try:
     proc.wait(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -102,7 +103,7 @@ def watched_run(tmp_path_factory, tiny_data):
   try:
     trained = finished(*train)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    return workdir, finished(*watcher, timeout=60)
+    return workdir, finished(*watcher)
   finally:
     watcher[0].kill()  # If it did not end by itself.
 
@@ -145,7 +146,7 @@ def test_sigterm_and_ctrl_c_stop_a_watch_without_a_traceback(watched_run, tmp_pa
 
       wait_for(watching, proc)
       proc.send_signal(sig)
-      result = finished(proc, out, timeout=30)
+      result = finished(proc, out)
       assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
       assert result.stderr.strip().splitlines()[-1].startswith("Stopped; "), result.stderr
   finally:
