@@ -171,16 +171,24 @@ def best_on_validation(names: dict[str, list[Result]], key: str) -> list[Result]
 
 
 def chosen_on_validation(results: list[Result], key: str) -> dict[str, list[Result]]:
-  """Each group's run name chosen on validation (`best_on_validation`): group -> its results (all seeds)."""
-  return {group: best_on_validation(names, key) for group, names in _groups(results, lambda r: True).items()}
+  """Each group's run name chosen on validation (`best_on_validation`): group -> its results (all seeds). A group
+  with N:M runs at several levels is chosen at each level, as "group n:m", since a denser level would always win."""
+  chosen = {}
+  for group, names in _groups(results, lambda r: True).items():
+    at = _by_level(names, key)
+    chosen.update({group: next(iter(at.values()))} if len(at) == 1 else
+                  {f"{group} {level[0]}:{level[1]}" if level else group: runs for level, runs in at.items()})
+  return chosen
 
 
-def _level(r: Result) -> tuple[int, int]:
-  return r.config["layers"]["n"], r.config["layers"]["m"]
+def _level(r: Result) -> tuple[int, int] | None:
+  """A sparse run's N:M level (n, m); None for any other run."""
+  return (r.config["layers"]["n"], r.config["layers"]["m"]) if r.sparse else None
 
 
-def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int], list[Result]]:
-  """A group's runs at each N:M level: the run name chosen on validation where it has several there."""
+def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int] | None, list[Result]]:
+  """A group's runs at each N:M level (None: not N:M): the run name chosen on validation where it has several
+  there."""
   levels = {}
   for name, runs in names.items():
     levels.setdefault(_level(runs[0]), {})[name] = runs
@@ -188,11 +196,12 @@ def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int],
 
 
 def chosen_table(results: list[Result], key: str, reference: str | None) -> list[dict]:
-  """One row per group: its run chosen on validation, that run's validation and test `key` (mean ± std over its
-  seeds), training FLOPs, and the test difference to the `reference` group's chosen run with its 95% interval."""
+  """One row per group (per group and N:M level where it has several): its run chosen on validation, that run's
+  validation and test `key` (mean ± std over its seeds), training FLOPs, and the test difference to the `reference`
+  group's chosen run (at the same level, where the reference has several) with its 95% interval."""
   chosen, scale = chosen_on_validation(results, key), 100 if key == "eval/accuracy" else 1
   digits = 2 if scale == 100 else 4
-  base = [r.final[key] for r in chosen[reference]] if reference in chosen else None
+  column = f"Δ test vs {reference} (95% CI)"
   rows = []
   for group, runs in chosen.items():
     test = [r.final[key] for r in runs]
@@ -200,12 +209,15 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
     row = {"group": group, "chosen": runs[0].name, "seeds": len(runs), "val": mean_std(val, scale, digits) if val else "—",
            "test": mean_std(test, scale, digits),
            "train FLOPs": _flops(runs)}
+    level = _level(runs[0])
+    base = chosen.get(reference) or (chosen.get(f"{reference} {level[0]}:{level[1]}") if level else None)
     if base is not None:
-      diff, lo, hi = welch(test, base)
-      row[f"Δ test vs {reference} (95% CI)"] = (
-          "—" if group == reference else f"{scale * diff:+.{digits}f} (one seed: no interval)" if math.isnan(lo)
-          else f"{scale * diff:+.{digits}f} ({scale * lo:+.{digits}f} to {scale * hi:+.{digits}f})")
+      diff, lo, hi = welch(test, [r.final[key] for r in base])
+      row[column] = ("—" if base is runs else f"{scale * diff:+.{digits}f} (one seed: no interval)" if math.isnan(lo)
+                     else f"{scale * diff:+.{digits}f} ({scale * lo:+.{digits}f} to {scale * hi:+.{digits}f})")
     rows.append(row)
+  if any(column in row for row in rows):
+    rows = [{**row, column: row.get(column, "—")} for row in rows]
   return rows
 
 

@@ -268,6 +268,25 @@ def test_each_group_is_chosen_on_validation_over_the_seeds_all_its_runs_have(tmp
   assert report.chosen_on_validation(text, "eval/bits_per_char")["g"][0].name == "b"  # Lower is better.
 
 
+def test_a_group_at_several_nm_levels_is_chosen_and_compared_at_each(tmp_path):
+  def result(name, group, seed, m, val, test):
+    return report.Result(name, group, seed, tmp_path, {"layers": {"type": "nm", "n": 1, "m": m}},
+                         [{"step": 1, "nm/n": 1, "val/accuracy": val, "eval/accuracy": test}])
+  better = {(20, 8): 0.06, (5, 16): 0.05}  # Validation prefers k·T 20 at 1:8, 5 at 1:16; test is val − 0.01.
+  results = [result(f"mdgf_kt{kt}_1of{m}", "MDGF", seed, m, val + better.get((kt, m), 0), val - 0.01)
+             for kt in (5, 20) for m in (8, 16) for seed, val in ((0, 0.80), (1, 0.82))]
+  results += [result(f"srste_1of{m}", "SR-STE", seed, m, 0.79, test - 0.03 * (m == 16)) for m in (8, 16)
+              for seed, test in ((0, 0.80), (1, 0.81))]
+  chosen = report.chosen_on_validation(results, "eval/accuracy")  # One choice per level, not 1:8 for the group.
+  assert {g: runs[0].name for g, runs in chosen.items()} == {
+      "MDGF 1:8": "mdgf_kt20_1of8", "MDGF 1:16": "mdgf_kt5_1of16", "SR-STE 1:8": "srste_1of8",
+      "SR-STE 1:16": "srste_1of16"}
+  rows = {row["group"]: row for row in report.chosen_table(results, "eval/accuracy", "SR-STE")}
+  diff, lo, hi = report.welch([79.0, 81.0], [77.0, 78.0])  # MDGF 1:16 against SR-STE at 1:16, not 1:8.
+  assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
+  assert rows["SR-STE 1:8"]["Δ test vs SR-STE (95% CI)"] == "—"
+
+
 def test_a_config_may_declare_several_named_sweeps(tmp_path):
   path = tmp_path / "named.py"
   path.write_text("def get_config(arg=None):\n  from configs import fmnist_mlp_nm\n  return fmnist_mlp_nm.get_config(arg)\n"
