@@ -83,7 +83,8 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "--sample: logits are divi
 _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "--sample: random seed.")
 _REPORT_TO = flags.DEFINE_string("report_to", None, "report: write report.md and plots/ here (default: the sweep folder).")
 _REFERENCE = flags.DEFINE_string("reference", "", "report: the group every group's chosen run is compared with "
-                                 "(difference and 95% interval); default: dense, where the sweep has it.")
+                                 "(difference and 95% interval; groups named by their N:M level, \"STE 1:8\", by "
+                                 "the name without it, \"STE\": at each level); default: dense, where the sweep has it.")
 _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 _WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new whole checkpoint of --workdir as it lands (beside "
@@ -331,7 +332,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   sweep, results, missing = report.collect(folder)
   if not results:
     raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
-  groups = {r.group for r in results}
+  groups = report.reference_names(results)
   reference = _REFERENCE.value or ("dense" if "dense" in groups else None)
   if reference not in groups | {None}:
     raise config_lib.ConfigError(f"--reference={reference}: no group of that name; the groups are {sorted(groups)}")

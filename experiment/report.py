@@ -195,6 +195,12 @@ def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int] 
   return {level: best_on_validation(at, key) for level, at in levels.items()}
 
 
+def reference_names(results: list[Result]) -> set[str]:
+  """What `chosen_table` takes as its reference: every group, and, of groups named by their N:M level
+  ("STE 1:8"), the name without it ("STE": compared at each level)."""
+  return {r.group for r in results} | {r.group.removesuffix(" {}:{}".format(*_level(r))) for r in results if r.sparse}
+
+
 def chosen_table(results: list[Result], key: str, reference: str | None) -> list[dict]:
   """One row per group (per group and N:M level where it has several): its run chosen on validation, that run's
   validation and test `key` (mean ± std over its seeds), training FLOPs, and the test difference to the `reference`

@@ -285,6 +285,10 @@ def test_a_group_at_several_nm_levels_is_chosen_and_compared_at_each(tmp_path):
   diff, lo, hi = report.welch([79.0, 81.0], [77.0, 78.0])  # MDGF 1:16 against SR-STE at 1:16, not 1:8.
   assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
   assert rows["SR-STE 1:8"]["Δ test vs SR-STE (95% CI)"] == "—"
+  named = [dataclasses.replace(r, group=f"{r.group} 1:{r.config['layers']['m']}") for r in results]  # "SR-STE 1:8".
+  assert {"SR-STE", "SR-STE 1:8", "MDGF 1:16"} <= report.reference_names(named)
+  rows = {row["group"]: row for row in report.chosen_table(named, "eval/accuracy", "SR-STE")}
+  assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
 
 
 def test_a_config_may_declare_several_named_sweeps(tmp_path):
