@@ -84,7 +84,8 @@ _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "--sample: random seed.")
 _REPORT_TO = flags.DEFINE_string("report_to", None, "report: write report.md and plots/ here (default: the sweep folder).")
 _REFERENCE = flags.DEFINE_string("reference", "", "report: the group every group's chosen run is compared with "
                                  "(difference and 95% interval; groups named by their N:M level, \"STE 1:8\", by "
-                                 "the name without it, \"STE\": at each level); default: dense, where the sweep has it.")
+                                 "the name without it, \"STE\": at each level); default: dense, where the sweep"
+                                 " has it.")
 _TRAJECTORIES = flags.DEFINE_list("trajectories", [], "report: run names whose rank/sparsity trajectories to plot "
                                   "(seed 0; default: every run whose ranks or N:M pattern changed while training).")
 _WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new whole checkpoint of --workdir as it lands (beside "
