@@ -333,12 +333,13 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   sweep, results, missing = report.collect(folder)
   if not results:
     raise config_lib.ConfigError(f"no run of {folder} has finished yet; run: {sweep['command']}")
-  groups = report.reference_names(results)
+  key = report.metric(results)
+  groups = report.reference_names(results, key)
   reference = _REFERENCE.value or ("dense" if "dense" in groups else None)
   if reference not in groups | {None}:
     raise config_lib.ConfigError(f"--reference={reference}: no group of that name; the groups are {sorted(groups)}")
   put = sharding.batch_placer(mesh, whole=True)
-  baselines, key, notes = {}, report.metric(results), []
+  baselines, notes = {}, []
   dense = next((r for r in results if r.dense), None)
   if dense and any(r.low_rank for r in results):  # SVD of the dense run at each low-rank run's ranks.
     try:
@@ -372,7 +373,8 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), "",
            "Train FLOPs: XLA's count of each compiled train step, summed over the run's steps, less the forward FLOPs a "
            "sparse matmul unit saves on layers with a binary N:M mask (N/M of theirs).", ""]
-  levels = any(r.sparse for r in results)
+  labels = set(report.chosen_on_validation(results, key))
+  levels = labels != {r.group for r in results} or bool(reference and reference not in labels)  # Named by N:M level.
   lines += [f"Chosen on validation: each group's run{' (at each N:M level)' * levels} with the best mean validation "
             f"{key.removeprefix('eval/')} over the seeds all its runs have; its test metric over all its seeds"
             + (f", and the difference to {reference}'s{' at the same level' * levels} with a 95% interval (Welch's t)"

@@ -29,7 +29,6 @@ def get_config(arg: str | None = None):
   return common.apply_args(c, parse_arg(arg))
 
 
-
 def get_sweep(name: str = "methods"):
   """methods: dense, Maestro at two group-lasso budgets, the Pufferfish-style baseline (a fixed rank ratio after
   one dense epoch; fmnist_mlp_pufferfish.py's fields, at this config's 12 epochs) at two ratios, and Cuttlefish

@@ -163,8 +163,8 @@ def best_on_validation(names: dict[str, list[Result]], key: str) -> list[Result]
   are chosen last."""
   shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
 
-  def score(runs: list[Result]) -> float:
-    values = [r.final[validation(key)] for r in runs if r.seed in shared and validation(key) in r.final]
+  def score(runs: list[Result]) -> float:  # No seed shared by all: each name's own seeds.
+    values = [r.final[validation(key)] for r in runs if (r.seed in shared or not shared) and validation(key) in r.final]
     return better(key) * statistics.mean(values) if values else -math.inf
 
   return max(names.values(), key=score)
@@ -172,12 +172,17 @@ def best_on_validation(names: dict[str, list[Result]], key: str) -> list[Result]
 
 def chosen_on_validation(results: list[Result], key: str) -> dict[str, list[Result]]:
   """Each group's run name chosen on validation (`best_on_validation`): group -> its results (all seeds). A group
-  with N:M runs at several levels is chosen at each level, as "group n:m", since a denser level would always win."""
+  with runs at several N:M levels (or N:M and not) is chosen at each, as "group n:m" ("group" for its runs that are
+  not N:M), since a denser level would always win."""
   chosen = {}
   for group, names in _groups(results, lambda r: True).items():
     at = _by_level(names, key)
-    chosen.update({group: next(iter(at.values()))} if len(at) == 1 else
-                  {f"{group} {level[0]}:{level[1]}" if level else group: runs for level, runs in at.items()})
+    for level, runs in at.items():
+      name = f"{group} {level[0]}:{level[1]}" if level and len(at) > 1 else group
+      if name in chosen:
+        raise ConfigError(f"two groups would both be reported as {name!r} (one at several N:M levels); rename one "
+                          "in the sweep's config")
+      chosen[name] = runs
   return chosen
 
 
@@ -195,16 +200,19 @@ def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int] 
   return {level: best_on_validation(at, key) for level, at in levels.items()}
 
 
-def reference_names(results: list[Result]) -> set[str]:
-  """What `chosen_table` takes as its reference: every group, and, of groups named by their N:M level
-  ("STE 1:8"), the name without it ("STE": compared at each level)."""
-  return {r.group for r in results} | {r.group.removesuffix(" {}:{}".format(*_level(r))) for r in results if r.sparse}
+def reference_names(results: list[Result], key: str) -> set[str]:
+  """What `chosen_table` takes as its reference: every row it reports, and the name of a method whose rows are named
+  by their N:M level ("STE" for "STE 1:8" and "STE 1:16": compared at each level)."""
+  rows = chosen_on_validation(results, key)
+  return set(rows) | {name.removesuffix(" {}:{}".format(*_level(runs[0]))) for name, runs in rows.items()
+                      if runs[0].sparse}
 
 
 def chosen_table(results: list[Result], key: str, reference: str | None) -> list[dict]:
-  """One row per group (per group and N:M level where it has several): its run chosen on validation, that run's
-  validation and test `key` (mean ± std over its seeds), training FLOPs, and the test difference to the `reference`
-  group's chosen run (at the same level, where the reference has several) with its 95% interval."""
+  """One row per `chosen_on_validation` entry: its chosen run, that run's validation and test `key` (mean ± std over
+  its seeds), training FLOPs, and the test difference to the `reference`'s chosen run with its 95% interval — the
+  reference's at the row's N:M level where it has several, none for an N:M row where the reference is N:M at another
+  level only."""
   chosen, scale = chosen_on_validation(results, key), 100 if key == "eval/accuracy" else 1
   digits = 2 if scale == 100 else 4
   column = f"Δ test vs {reference} (95% CI)"
@@ -216,14 +224,16 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
            "test": mean_std(test, scale, digits),
            "train FLOPs": _flops(runs)}
     level = _level(runs[0])
-    base = chosen.get(reference) or (chosen.get(f"{reference} {level[0]}:{level[1]}") if level else None)
+    base = chosen.get(reference) or (chosen.get(f"{reference} {level[0]}:{level[1]}") if level and reference else None)
+    if base is not None and level and _level(base[0]) not in (None, level):  # N:M at another level: no comparison.
+      base = None
     if base is not None:
       diff, lo, hi = welch(test, [r.final[key] for r in base])
       row[column] = ("—" if base is runs else f"{scale * diff:+.{digits}f} (one seed: no interval)" if math.isnan(lo)
                      else f"{scale * diff:+.{digits}f} ({scale * lo:+.{digits}f} to {scale * hi:+.{digits}f})")
     rows.append(row)
   if any(column in row for row in rows):
-    rows = [{**row, column: row.get(column, "—")} for row in rows]
+    rows = [{**row, column: row.get(column, "no reference at its level")} for row in rows]
   return rows
 
 

@@ -48,10 +48,12 @@ def test_processes_starting_together_prepare_the_dataset_once(tmp_path):
   ready = [tmp_path / f"ready{i}" for i in range(3)]
   procs = [subprocess.Popen([sys.executable, "-c", load, str(r)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for r in ready]
-  while not all(r.exists() for r in ready):  # All imported: then they start loading together.
-    assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
-    time.sleep(0.01)
-  go.touch()
+  try:
+    while not all(r.exists() for r in ready):  # All imported: then they start loading together.
+      assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+      time.sleep(0.01)
+  finally:
+    go.touch()  # Even when one died: the others load and end.
   outs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0, 0], outs[0][1][-2000:]
   assert [o.split()[-1] for o, _ in outs] == ["3000"] * 3

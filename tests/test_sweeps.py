@@ -266,6 +266,8 @@ def test_each_group_is_chosen_on_validation_over_the_seeds_all_its_runs_have(tmp
   assert rows["STE"]["Δ test vs STE (95% CI)"] == "—"
   text = [result("a", "g", 0, 1.7, 1.6, "bits_per_char"), result("b", "g", 0, 1.5, 1.9, "bits_per_char")]
   assert report.chosen_on_validation(text, "eval/bits_per_char")["g"][0].name == "b"  # Lower is better.
+  apart = [result("a", "g", 0, 0.1, 0.9), result("b", "g", 1, 0.9, 0.1), result("b", "g", 2, 0.8, 0.1)]
+  assert report.chosen_on_validation(apart, "eval/accuracy")["g"][0].name == "b"  # No shared seed: their own.
 
 
 def test_a_group_at_several_nm_levels_is_chosen_and_compared_at_each(tmp_path):
@@ -286,9 +288,14 @@ def test_a_group_at_several_nm_levels_is_chosen_and_compared_at_each(tmp_path):
   assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
   assert rows["SR-STE 1:8"]["Δ test vs SR-STE (95% CI)"] == "—"
   named = [dataclasses.replace(r, group=f"{r.group} 1:{r.config['layers']['m']}") for r in results]  # "SR-STE 1:8".
-  assert {"SR-STE", "SR-STE 1:8", "MDGF 1:16"} <= report.reference_names(named)
+  assert {"SR-STE", "SR-STE 1:8", "MDGF 1:16"} <= report.reference_names(named, "eval/accuracy")
   rows = {row["group"]: row for row in report.chosen_table(named, "eval/accuracy", "SR-STE")}
   assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
+  only_8 = [r for r in results if r.group == "MDGF" or r.config["layers"]["m"] == 8]  # No SR-STE at 1:16.
+  rows = {row["group"]: row for row in report.chosen_table(only_8, "eval/accuracy", "SR-STE")}
+  assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == "no reference at its level"
+  with pytest.raises(sweeps.ConfigError, match="'MDGF 1:8'"):  # A group of that name beside the split one.
+    report.chosen_on_validation(results + [dataclasses.replace(results[0], group="MDGF 1:8")], "eval/accuracy")
 
 
 def test_a_config_may_declare_several_named_sweeps(tmp_path):
