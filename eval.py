@@ -373,13 +373,13 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
            "Test metrics at the last step, mean ± std over seeds:", "", metrics.table(rows), "",
            "Train FLOPs: XLA's count of each compiled train step, summed over the run's steps, less the forward FLOPs a "
            "sparse matmul unit saves on layers with a binary N:M mask (N/M of theirs).", ""]
-  labels = set(report.chosen_on_validation(results, key))
+  choices = report.chosen_table(results, key, reference)
+  labels = {row["group"] for row in choices}
   levels = labels != {r.group for r in results} or bool(reference and reference not in labels)  # Named by N:M level.
   lines += [f"Chosen on validation: each group's run{' (at each N:M level)' * levels} with the best mean validation "
             f"{key.removeprefix('eval/')} over the seeds all its runs have; its test metric over all its seeds"
             + (f", and the difference to {reference}'s{' at the same level' * levels} with a 95% interval (Welch's t)"
-               if reference else "") + ":", "",
-            metrics.table(report.chosen_table(results, key, reference)), ""]
+               if reference else "") + ":", "", metrics.table(choices), ""]
   if by_level := report.nm_table(results, key):
     lines += [f"{report.label(key).capitalize()} by N:M level, mean ± std (seeds):", "", metrics.table(by_level), ""]
   lines += [n + "\n" for n in notes]

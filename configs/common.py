@@ -133,6 +133,7 @@ def pufferfish(rank_ratio: float, batch_size: int = 256) -> dict:
 DENSE_EPOCH = {"lowrank.dense_warmup_steps": epochs(1, 256)}
 LAMBDA_RAMP, FINETUNE = {"lowrank.group_lasso_warmup": 0.25}, {"lowrank.finetune": 0.2}
 
+
 def cuttlefish(c: ml_collections.ConfigDict, *, track_every_epochs: float = 1.0) -> dict:
   """config.cuttlefish's fields (experiment/methods/cuttlefish.py), measuring the stable ranks every
   `track_every_epochs` (in steps where the config counts steps)."""

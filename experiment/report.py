@@ -159,11 +159,11 @@ def validation(key: str) -> str:
 
 def best_on_validation(names: dict[str, list[Result]], key: str) -> list[Result]:
   """Of several run names (name -> seeds), the one with the best mean validation `key` over the seeds they all have
-  (a first look at seed 0 chooses on seed 0): its results, all seeds. Runs without validation metrics (older ones)
+  (a first look at seed 0 chooses on seed 0; each on its own seeds where they share none): its results, all seeds. Runs without validation metrics (older ones)
   are chosen last."""
   shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
 
-  def score(runs: list[Result]) -> float:  # No seed shared by all: each name's own seeds.
+  def score(runs: list[Result]) -> float:
     values = [r.final[validation(key)] for r in runs if (r.seed in shared or not shared) and validation(key) in r.final]
     return better(key) * statistics.mean(values) if values else -math.inf
 
