@@ -14,6 +14,14 @@ def epochs(n: float, batch_size: int) -> int:
   return int(n * TRAIN_EXAMPLES // batch_size)
 
 
+def fmnist_budget(n: float, batch_size: int = 256) -> dict:
+  """Sweep overrides that train a config of `base(fmnist_epochs=...)` for `n` epochs instead, with its evaluations,
+  checkpoints and warm-up in the same proportions."""
+  steps = epochs(n, batch_size)
+  return {"num_steps": steps, "eval_every": steps // 5, "checkpoint_every": steps // 5,
+          "optimizer.warmup_steps": steps // 20}
+
+
 def base(model: dict, *, fmnist_epochs: float = 0, num_steps: int = 0, batch_size: int = 256,
          learning_rate: float = 1e-3, dataset: dict | None = None) -> ml_collections.ConfigDict:
   """A Fashion-MNIST experiment of the steps of `fmnist_epochs` epochs (its default split), or `num_steps` on
