@@ -23,17 +23,19 @@ def get_config(arg: str | None = None):
 def get_sweep(name: str = "methods"):
   """methods: dense, Maestro, the Pufferfish-style baseline (fixed rank ratio after one dense epoch) at ρ = 0.43,
   about Maestro's size (conv2: 28, fc: 111 ranks; 389,770 parameters), and Cuttlefish. controlled: dense, that
-  baseline, and Maestro as before, with self-distillation (its full-rank network trained directly too), and with
-  distillation on the baseline's terms (its dense epoch first, the λ ramp, the fine-tune), one group: its recipe
-  chosen on validation; five epochs, not ten (a Maestro run with distillation takes about 45 minutes a run on one
-  core of a 2-core CPU at ten). Three seeds."""
+  baseline, and Maestro as before, with self-distillation (its full-rank network trained directly too), with
+  distillation and λ doubled (the same λ·steps as ten epochs at 1e-4), and with distillation on the baseline's
+  terms (its dense epoch first, the λ ramp, the fine-tune), one group: its recipe chosen on validation; five
+  epochs, not ten (a Maestro run with distillation takes about 45 minutes on one core of a 2-core CPU at ten).
+  Three seeds."""
   dense = dict(name="dense", group="dense", overrides={"layers.type": "dense"})
   baseline = dict(name="pufferfish_0.43", group="Pufferfish", overrides=common.pufferfish(0.43))
   if name == "controlled":
     distill = {"lowrank.distill": True}
     recipe = {**distill, **common.DENSE_EPOCH, **common.LAMBDA_RAMP, **common.FINETUNE}
     maestro = [dict(name=f"maestro{suffix}", group="Maestro", overrides=overrides) for suffix, overrides in (
-        ("", {}), ("_distill", distill), ("_distill_warmup_ramp_finetune", recipe))]
+        ("", {}), ("_distill", distill), ("_distill_lambda2e-4", {**distill, "lowrank.group_lasso": 2e-4}),
+        ("_distill_warmup_ramp_finetune", recipe))]
     runs = [dense, baseline, *maestro]
     return dict(seeds=(0, 1, 2), runs=[dict(r, overrides={**r["overrides"], **common.fmnist_budget(5)}) for r in runs])
   if name != "methods":
