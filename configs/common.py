@@ -14,12 +14,11 @@ def epochs(n: float, batch_size: int) -> int:
   return int(n * TRAIN_EXAMPLES // batch_size)
 
 
-def fmnist_budget(n: float, batch_size: int = 256) -> dict:
-  """Sweep overrides that train a config of `base(fmnist_epochs=...)` for `n` epochs instead, with its evaluations,
-  checkpoints and warm-up in the same proportions."""
-  steps = epochs(n, batch_size)
-  return {"num_steps": steps, "eval_every": steps // 5, "checkpoint_every": steps // 5,
-          "optimizer.warmup_steps": steps // 20}
+def step_budget(num_steps: int) -> dict:
+  """`num_steps` and the fields `base` derives from it: an evaluation and a checkpoint every fifth of the run, a
+  warm-up of a twentieth (as sweep overrides, they train a `base` config for `num_steps` in those proportions)."""
+  return {"num_steps": num_steps, "eval_every": num_steps // 5, "checkpoint_every": num_steps // 5,
+          "optimizer.warmup_steps": num_steps // 20}
 
 
 def base(model: dict, *, fmnist_epochs: float = 0, num_steps: int = 0, batch_size: int = 256,
@@ -45,7 +44,7 @@ def base(model: dict, *, fmnist_epochs: float = 0, num_steps: int = 0, batch_siz
   c.optimizer = dict(
       name="adamw",              # adamw | sgd (momentum 0.9)
       learning_rate=learning_rate,
-      warmup_steps=c.num_steps // 20,
+      warmup_steps=0,            # Set below from num_steps, with eval_every and checkpoint_every (step_budget).
       warmup_epochs=0.0,
       schedule="cosine",         # cosine | linear | constant | warmup_stable_decay | step (after the warm-up)
       decay_fraction=0.2,        # warmup_stable_decay: the last fraction of the steps, decaying linearly to 0.
@@ -57,9 +56,7 @@ def base(model: dict, *, fmnist_epochs: float = 0, num_steps: int = 0, batch_siz
       ema_decay=0.0,             # > 0: also keep (and evaluate, eval_ema/...) an EMA of the parameters; 0: off.
   )
   c.log_every = 50
-  c.eval_every = c.num_steps // 5
   c.eval_batch_size = 1000
-  c.checkpoint_every = c.num_steps // 5
   c.keep_checkpoints = 2
   c.sharding = "data"  # data: parameters replicated, batches split over all devices | fsdp: parameters split too.
   c.compute_dtype = "float32"  # float32 | bfloat16: what layers compute in; parameters and logits stay float32.
@@ -73,6 +70,7 @@ def base(model: dict, *, fmnist_epochs: float = 0, num_steps: int = 0, batch_siz
   c.recalibrate_batches = 20
   c.skip_nonfinite = False  # True: an update with a non-finite loss or gradient is skipped (and counted), not fatal.
   c.wandb = dict(mode="offline", project="lowrank-nm", name="")
+  c.update_from_flattened_dict(step_budget(c.num_steps))
   return c
 
 

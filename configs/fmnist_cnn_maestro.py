@@ -36,8 +36,9 @@ def get_sweep(name: str = "methods"):
     maestro = [dict(name=f"maestro{suffix}", group="Maestro", overrides=overrides) for suffix, overrides in (
         ("", {}), ("_distill", distill), ("_distill_lambda2e-4", {**distill, "lowrank.group_lasso": 2e-4}),
         ("_distill_warmup_ramp_finetune", recipe))]
-    runs = [dense, baseline, *maestro]
-    return dict(seeds=(0, 1, 2), runs=[dict(r, overrides={**r["overrides"], **common.fmnist_budget(5)}) for r in runs])
+    five_epochs = common.step_budget(common.epochs(5, 256))
+    return dict(seeds=(0, 1, 2), runs=[dict(r, overrides={**r["overrides"], **five_epochs})
+                                       for r in (dense, baseline, *maestro)])
   if name != "methods":
     raise ValueError(f"no sweep named {name!r}; this config's sweeps: methods, controlled")
   return dict(seeds=(0, 1, 2), runs=[dense, dict(name="maestro", group="Maestro", overrides={}), baseline,
