@@ -106,7 +106,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   if layers != methods.layers(config, {}):  # Saved after the method moved to another model (a switch): that one.
     model = build.model(config, saved)
     method = methods.build(config, model)
-  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, build.optimizer(config, saved), wrt=nnx.Param)
   window: list[dict] = []  # Per-step metrics since the last log step (device arrays until fetched; means logged).
   method.restore(model, optimizer, saved)
   (model_def, model_state), (opt_def, opt_state) = nnx.split(model), nnx.split(optimizer)
@@ -160,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
                         f"--config.optimizer.learning_rate, or skip such updates with --config.skip_nonfinite=true")
     return host
 
-  schedule = build.learning_rate(config)
+  schedule = build.learning_rate(config, saved)
   make_step = lambda method: make_train_step(method, config.seed, mesh, config.sharding, config.skip_nonfinite,
                                              config.optimizer.accumulate_steps, schedule)
   train_step = make_step(method)
@@ -210,11 +210,13 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
         state_now = method.state(step, model)
         if (now := methods.layers(config, state_now)) != layers:  # The method moves to another model (Maestro
           # after its dense warm-up, Cuttlefish at its switch): built from its state and filled from this one (the
-          # SVD), with fresh hooks and fresh optimizer moments.
+          # SVD), with fresh hooks (given that state) and a fresh optimizer.
           old, model, layers = model, build.model(config, state_now), now
           methods.spec_of(config).switch(old, model)
           method = methods.build(config, model)
-          optimizer = build.optimizer_at(model, config, step)
+          optimizer = build.optimizer_at(model, config, step, state_now)
+          method.restore(model, optimizer, state_now)
+          schedule = build.learning_rate(config, state_now)
           train_step = make_step(method)
           observe_step = make_observe_step(method, config.seed, mesh, config.sharding)
         evaluation.recalibrate_on(model, splits.train, config, put_whole)  # BatchNorm statistics of the new model.

@@ -142,11 +142,13 @@ LAMBDA_RAMP, FINETUNE = {"lowrank.group_lasso_warmup": 0.25}, {"lowrank.finetune
 
 def cuttlefish(c: ml_collections.ConfigDict, *, track_every_epochs: float = 1.0) -> dict:
   """config.cuttlefish's fields (experiment/methods/cuttlefish.py), measuring the stable ranks every
-  `track_every_epochs` (in steps where the config counts steps)."""
-  fields = dict(methods.REGISTRY["cuttlefish"].sections["cuttlefish"], track_every_epochs=0.0)
+  `track_every_epochs` (in steps where the config counts steps), and re-warming the learning rate after the switch
+  for as long as the run warms it up (the reference's rule: one warm-up length for both)."""
+  fields = dict(methods.REGISTRY["cuttlefish"].sections["cuttlefish"], track_every_epochs=0.0, rewarm_epochs=0.0)
   if c.num_epochs:
-    return dict(fields, track_every_epochs=track_every_epochs)
-  return dict(fields, track_every=epochs(track_every_epochs, c.batch_size))
+    return dict(fields, track_every_epochs=track_every_epochs, rewarm_steps=c.optimizer.warmup_steps,
+                rewarm_epochs=c.optimizer.warmup_epochs)
+  return dict(fields, track_every=epochs(track_every_epochs, c.batch_size), rewarm_steps=c.optimizer.warmup_steps)
 
 
 def nm(c: ml_collections.ConfigDict, *, keep_dense: tuple[str, ...], n: int, m: int,

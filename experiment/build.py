@@ -105,10 +105,11 @@ def model(config: ml_collections.ConfigDict, method_state: dict | None = None, *
     raise ConfigError(str(e)) from e
 
 
-def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate(config: ml_collections.ConfigDict, method_state: dict | None = None) -> optax.Schedule:
   """Linear warm-up over `warmup_steps`, then `schedule`: cosine or linear decay to 0 at the last step, constant,
   warmup_stable_decay (constant, then linear decay to 0 over the last `decay_fraction` of the steps), or step
-  (x0.1 at each fraction `step_at` of the steps after the warm-up)."""
+  (x0.1 at each fraction `step_at` of the steps after the warm-up). At `method_state`, a method may restart it
+  with a linear re-warm (Cuttlefish after its switch): x (count − start + 1) / steps until that reaches 1."""
   if epochs := in_epochs(config):
     raise ConfigError(f"config.{IN_EPOCHS[next(iter(epochs))]} is in epochs: convert the config first, "
                       f"experiment.config.in_steps(config, train_examples)")
@@ -125,14 +126,26 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
                [rest - decaying]),
            "step": lambda: optax.piecewise_constant_schedule(
                o.learning_rate, {max(1, round(f * rest)): 0.1 for f in o.step_at})}[o.schedule]()
-  return optax.join_schedules([ramp, after], [warmup]) if ramp else after
+  schedule = optax.join_schedules([ramp, after], [warmup]) if ramp else after
+  if not (rewarm := methods.rewarm(config, method_state or {})):
+    return schedule
+  start, rewarm_steps = rewarm
+  return lambda count: schedule(count) * jnp.clip((count - start + 1) / rewarm_steps, 0.0, 1.0)
 
 
-def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW or SGD with momentum (weight decay decoupled, on kernels only unless `decay=all`), after gradient
-  clipping, and with `ema_decay` > 0 an EMA of the parameters kept in the optimizer state (`ema_parameters`)."""
-  o, lr = config.optimizer, learning_rate(config)
-  decayed = None if o.decay == "all" else lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+def _name(path: tuple) -> str:
+  """A parameter's name (its last key: kernel, bias, down, up, ...) from its path in a state tree."""
+  return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+
+
+def optimizer(config: ml_collections.ConfigDict, method_state: dict | None = None) -> optax.GradientTransformation:
+  """AdamW or SGD with momentum (weight decay decoupled, on kernels only unless `decay=all`, and never on the
+  parameters the method exempts at `method_state`), after gradient clipping, and with `ema_decay` > 0 an EMA of
+  the parameters kept in the optimizer state (`ema_parameters`). The learning rate: `learning_rate`."""
+  o, lr = config.optimizer, learning_rate(config, method_state)
+  exempt = methods.decay_exempt(config, method_state or {})
+  decayed = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, p: (o.decay == "all" or p.ndim >= 2) and _name(path) not in exempt, params)
   if o.name == "adamw":
     tx = optax.adamw(lr, weight_decay=o.weight_decay, mask=decayed)
   else:
@@ -162,13 +175,17 @@ def ema_of(optimizer: nnx.Optimizer) -> optax.Params | None:
   return optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state), "ema", default=None)
 
 
-def optimizer_at(model: nnx.Module, config: ml_collections.ConfigDict, step: int) -> nnx.Optimizer:
-  """A fresh optimizer for `model` whose step counters (and so its learning-rate
-  schedule) continue from `step`."""
-  opt = nnx.Optimizer(model, optimizer(config), wrt=nnx.Param)
-  flat = [(p, v.replace(jnp.full_like(v[...], step)) if p[-1] in ("count", "step") else v)
-          for p, v in nnx.to_flat_state(nnx.state(opt))]
-  nnx.update(opt, nnx.from_flat_state(flat))
+def optimizer_at(model: nnx.Module, config: ml_collections.ConfigDict, step: int,
+                 method_state: dict) -> nnx.Optimizer:
+  """A fresh optimizer for `model` after a model switch to `method_state` at `step`: its moments and their
+  counters (Adam's bias correction) start at 0, as a fresh optimizer's do; its learning-rate schedule continues
+  from `step` (or restarts there, as the method says)."""
+  opt = nnx.Optimizer(model, optimizer(config, method_state), wrt=nnx.Param)
+  opt.step[...] = jnp.full_like(opt.step[...], step)  # Updates made: what `after_update`'s learning rate reads.
+  is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)
+  for s in jax.tree.leaves(opt.opt_state, is_leaf=is_schedule):
+    if is_schedule(s):
+      s.count[...] = jnp.full_like(s.count[...], step)
   return opt
 
 

@@ -64,7 +64,8 @@ NEWER_FIELDS = ("optimizer.decay_fraction", "optimizer.accumulate_steps", "optim
 IN_EPOCHS = {"num_steps": "num_epochs", "eval_every": "eval_every_epochs", "checkpoint_every": "checkpoint_every_epochs",
              "optimizer.warmup_steps": "optimizer.warmup_epochs", "lowrank.shrink_every": "lowrank.shrink_every_epochs",
              "lowrank.dense_warmup_steps": "lowrank.dense_warmup_epochs",
-             "cuttlefish.track_every": "cuttlefish.track_every_epochs"}
+             "cuttlefish.track_every": "cuttlefish.track_every_epochs",
+             "cuttlefish.rewarm_steps": "cuttlefish.rewarm_epochs"}
 
 
 def get_field(config: ml_collections.ConfigDict, field: str, default=None):

@@ -12,7 +12,9 @@ As in the reference (hwang595/Cuttlefish, utils.rank_estimation and layer_rank_s
 - once all are stable, the next measurement chooses the ranks: ceil(stable rank · full rank / its stable rank
   at initialization), at most the full rank min(fan_in, out); the factors are the truncated SVD, U·√S and √S·Vᵀ
   (`deploy.copy_svd`), with fresh optimizer moments;
-- after the switch, Frobenius decay: λ/2·‖down·up‖²_F per factorized layer (the reference adds its gradient).
+- after the switch, Frobenius decay: λ/2·‖down·up‖²_F per factorized layer (the reference adds its gradient),
+  and no ordinary weight decay on the factors while it is on; the reference also builds a fresh optimizer and
+  re-warms its learning rate (experiment/methods/cuttlefish.py does both through the trainer).
 
 Layers built by `linear`/`conv` are tracked: `FullRankLinear`/`FullRankConv` (dense, named) until a rank is
 given for them, `LowRankLinear`/`LowRankConv` after. In any loop: call `host_update` when `host_update_due`;
@@ -125,6 +127,7 @@ class Cuttlefish:
     self.stable = {name: False for name in self.full}
     self.switch_next = False  # All stable: the next measurement chooses the ranks.
     self.ranks: dict[str, int] | None = None
+    self.switched_at: int | None = None  # The update after which the ranks were chosen.
 
   def loss(self, model, step, key, forward):
     loss, logits = forward(model, None)
@@ -146,6 +149,7 @@ class Cuttlefish:
       self.history[name].append(r)
     if self.switch_next:
       self.ranks = {name: self.rank_of(name, r) for name, r in measured.items()}
+      self.switched_at = step
       return True
     unstable = sum(not s for s in self.stable.values())
     tolerance = self.tolerance * {2: self.relax, 1: 2 * self.relax}.get(unstable, 1.0)
@@ -160,12 +164,16 @@ class Cuttlefish:
     return self.full[name] if int(scaled) > self.full[name] else math.ceil(scaled)
 
   def state(self, step: int, model: nnx.Module) -> dict:
-    """Before the switch, the measurements; from it on, the chosen ranks (which decide the model)."""
+    """Before the switch, the measurements; from it on, the chosen ranks (which decide the model) and the update
+    after which they were chosen (where the reference restarts its learning rate)."""
     if self.ranks is not None or not self.full:
-      return {"ranks": self.ranks if self.ranks is not None else ranks(model)}
+      chosen = {"ranks": self.ranks if self.ranks is not None else ranks(model)}
+      return chosen | ({"switched_at": self.switched_at} if self.switched_at is not None else {})
     return {"initial": self.initial, "history": self.history, "stable": self.stable, "switch_next": self.switch_next}
 
   def restore(self, model: nnx.Module, optimizer, state: dict) -> None:
+    """A checkpoint's state, or (after the switch) the state that chose this model's ranks."""
+    self.switched_at = state.get("switched_at", self.switched_at)
     if "history" in state:
       self.initial, self.history = dict(state["initial"]), {k: list(v) for k, v in state["history"].items()}
       self.stable, self.switch_next = dict(state["stable"]), state["switch_next"]

@@ -126,21 +126,31 @@ class NMTraining:
   # --- the training hooks (lowrank.Maestro's) ---
 
   def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array, dict]:
-    """Inside the jitted step: (loss, logits, {}); MDGF's α of update `step` set on the layers for the forward, or
-    coupled SR-STE's λ_w/2·‖(1 − m)⊙W‖² (m held fixed; its gradient λ_w·(1 − m)⊙W) added once per step."""
-    layers = [layer for _, layer in nm_layers(model)]
-    soft = [layer for layer in layers if layer.sparsity.soft]  # Only these read α: no writes for the others.
+    """Inside the jitted step: (loss, logits, {}) of one forward pass under the N:M rule (`forward_pass`) plus
+    coupled SR-STE's term (`penalty`)."""
+    loss, logits = self.forward_pass(model, step, key, lambda model: forward(model, None))
+    return loss + self.penalty(model, step), logits, {}
+
+  def forward_pass(self, model: nnx.Module, step: jax.Array, key: jax.Array, forward) -> tuple[jax.Array, jax.Array]:
+    """`forward(model) -> (loss, logits)` under the N:M rule: MDGF's α of update `step` set on the layers for it.
+    A method that runs several forward passes a step (Maestro's distillation) runs each through this."""
+    soft = [layer for _, layer in nm_layers(model) if layer.sparsity.soft]  # Only these read α.
     alpha = mask_decay(step - 1 - self.phases.warmup, self.decay, self.decay_coef)  # Traced: no recompilation.
     for layer in soft:
       layer.alpha[...] = alpha
-    loss, logits = forward(model, None)
+    loss, logits = forward(model)
     for layer in soft:
       layer.alpha[...] = jnp.zeros(())  # Outside the loss the hard mask holds (evaluation, export).
+    return loss, logits
+
+  def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array:
+    """Coupled SR-STE's λ_w/2·‖(1 − m)⊙W‖² (m held fixed; its gradient λ_w·(1 − m)⊙W), to add once per step
+    however many forward passes the step makes; 0 otherwise."""
     pruned = [jnp.where(jax.lax.stop_gradient(layer.hard_mask(layer.kernel[...])), 0.0, layer.kernel[...])
-              for layer in layers if layer.sparsity.grad == "srste"]
-    if pruned and not self.decoupled:
-      loss = loss + self.srste_decay / 2 * sum(jnp.sum(w ** 2) for w in pruned)
-    return loss, logits, {}
+              for _, layer in nm_layers(model) if layer.sparsity.grad == "srste"]
+    if not pruned or self.decoupled:
+      return jnp.zeros(())
+    return self.srste_decay / 2 * sum(jnp.sum(w ** 2) for w in pruned)
 
   @property
   def updates_after(self) -> bool:

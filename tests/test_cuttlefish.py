@@ -10,7 +10,7 @@ from flax import nnx
 
 import train
 from configs import fmnist_mlp_cuttlefish
-from experiment import metrics
+from experiment import build, metrics
 from experiment.config import ConfigError
 from lowrank import cuttlefish
 from lowrank.layers import LowRankLinear
@@ -121,8 +121,11 @@ def test_cuttlefish_trains_full_rank_switches_to_the_chosen_ranks_and_exports(tm
   assert {k: by_step[10][f"rank/{k}"] for k in ("fc1", "fc2")} == chosen  # ... switched at step 8 (smoke).
   assert by_step[10]["params/effective"] == chosen["fc1"] * (784 + 64) + chosen["fc2"] * 128 + 128 + 650
   assert by_step[20]["compiles/train_step"] == 2 and "lowrank/frobenius" in by_step[20]
-  lrs = [by_step[s]["train/learning_rate"] for s in (5, 10, 15, 20)]  # The schedule runs on across the switch.
-  assert all(a > b for a, b in zip(lrs, lrs[1:]))
+  schedule = build.learning_rate(fmnist_mlp_cuttlefish.get_config("smoke"))  # Without a restart.
+  assert by_step[5]["train/learning_rate"] == pytest.approx(float(schedule(4)))
+  # Restarted after the switch at step 8, re-warming over 4 updates (smoke), then the schedule again.
+  assert by_step[10]["train/learning_rate"] == pytest.approx(float(schedule(9)) * 2 / 4)
+  assert by_step[15]["train/learning_rate"] == pytest.approx(float(schedule(14)))
 
   run("eval.py", "--workdir", str(workdir), f"--export={folder}")
   run("eval.py", f"--exported={folder}")
@@ -136,5 +139,30 @@ def test_a_bad_cuttlefish_field_is_one_error_naming_it(tmp_path, tiny_data):
   config = fmnist_mlp_cuttlefish.get_config("smoke")
   config.update_from_flattened_dict({**tiny_data, "cuttlefish.track_every": 0})
   with pytest.raises(ConfigError, match=r"config\.cuttlefish\.track_every=0 must be an integer >= 1"):
+    train.train(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_after_the_switch_the_factors_get_frobenius_decay_instead_of_weight_decay():
+  """The reference's parameter groups: with Frobenius decay on, a switched model's factors leave the optimizer's
+  weight decay; other kernels keep it, and without Frobenius decay the factors keep it too."""
+  config = fmnist_mlp_cuttlefish.get_config()
+  config.optimizer.update(weight_decay=0.5, warmup_steps=0, schedule="constant", grad_clip=0.0)
+  params = {"kernel": jnp.ones((3, 2)), "down": jnp.ones((3, 1)), "up": jnp.ones((1, 2)), "bias": jnp.ones((2,))}
+  zero = {k: jnp.zeros_like(v) for k, v in params.items()}
+  for frobenius, state, decayed in ((1e-4, {"ranks": {"fc1": 1}}, {"kernel"}),
+                                    (0.0, {"ranks": {"fc1": 1}}, {"kernel", "down", "up"}),
+                                    (1e-4, {}, {"kernel", "down", "up"})):  # Before the switch.
+    config.cuttlefish.frobenius_decay = frobenius
+    tx = build.optimizer(config, state)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert {k for k, u in updates.items() if np.any(u != 0)} == decayed, (frobenius, state)
+
+
+@pytest.mark.parametrize("value", [-1, 10**6])
+def test_a_rewarm_before_the_start_or_past_the_run_is_one_error_naming_it(tmp_path, tiny_data, value):
+  config = fmnist_mlp_cuttlefish.get_config("smoke")
+  config.update_from_flattened_dict({**tiny_data, "cuttlefish.rewarm_steps": value})
+  with pytest.raises(ConfigError, match=rf"config\.cuttlefish\.rewarm_steps={value} must be an integer from 0 to"):
     train.train(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()

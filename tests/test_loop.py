@@ -82,6 +82,37 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
     assert float(lr(80)) == pytest.approx(peak) and float(lr(90)) == pytest.approx(peak / 2)
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_first_update_after_a_model_switch_is_a_fresh_optimizers_at_the_schedules_rate(name):
+  """After a switch (Maestro's dense warm-up, Cuttlefish, Pufferfish) the optimizer restarts: its first update
+  is a fresh optax optimizer's first update at lr(step), not one whose Adam bias correction reads the step
+  reached (which made it 1.99x lr at step 500)."""
+  config = fmnist_mlp_dense.get_config("smoke")
+  config.num_steps = 1000
+  config.optimizer.update(name=name, weight_decay=0.1, grad_clip=0.0, warmup_steps=100, schedule="cosine")
+  model = build.model(config)
+  params = jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # Before the update.
+  grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=p.dtype).reshape(p.shape)), params)
+  step = 500
+  optimizer = build.optimizer_at(model, config, step, {})
+  state_grads = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state_grads, grads)
+  optimizer.update(model, state_grads)
+  rate = float(build.learning_rate(config)(step))
+  decayed = lambda tree: jax.tree.map(lambda p: p.ndim >= 2, tree)
+  fresh = (optax.adamw(rate, weight_decay=0.1, mask=decayed) if name == "adamw" else
+           optax.chain(optax.add_decayed_weights(0.1, decayed), optax.sgd(rate, momentum=0.9)))
+  updates, _ = fresh.update(grads, fresh.init(params), params)
+  expected = optax.apply_updates(params, updates)
+  after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), after, expected)
+  if name == "adamw":  # Adam's first step moves each weight by at most lr (plus its weight decay).
+    moved = jax.tree.map(lambda a, b, p: float(jnp.max(jnp.abs(a - b) - rate * 0.1 * jnp.abs(p))), after, params,
+                         params)
+    assert max(jax.tree.leaves(moved)) <= rate * 1.001
+  assert int(optimizer.step[...]) == step + 1  # The schedule continues from the step reached.
+
+
 def test_the_ema_of_the_parameters_follows_each_update():
   tx = build.ema_parameters(0.9)
   params = {"w": jnp.array([1.0, 2.0])}

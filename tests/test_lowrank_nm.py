@@ -53,7 +53,8 @@ def test_a_shrink_keeps_the_rank_a_multiple_of_every_m_and_slices_what_mirrors_t
 
 
 def test_composed_losses_pass_each_parts_soft_targets_down_to_the_forward_pass():
-  """Maestro distils (its forward passes get soft targets) through the N:M rule's loss, which passes None."""
+  """Maestro distils (its forward passes get soft targets) through the N:M rule's forward pass; the inner part's
+  penalty counts once however many passes the outer part makes."""
   from experiment.methods import Composed, Method
 
   class Distils(Method):
@@ -62,16 +63,38 @@ def test_composed_losses_pass_each_parts_soft_targets_down_to_the_forward_pass()
       sampled, _ = forward(model, "soft targets")
       return full + sampled + 1.0, logits, {"distils/extra": 1.0}
 
-  class Masks(Method):  # Like NMTraining: calls the forward pass with None and adds a term.
-    def loss(self, model, step, key, forward):
-      loss, logits = forward(model, None)
-      return loss + 10.0, logits, {}
+  class Masks(Method):  # Like NMTraining: a rule around each forward pass, and a penalty.
+    def forward_pass(self, model, step, key, forward):
+      loss, logits = forward(model)
+      return loss + 1000.0, logits
+
+    def penalty(self, model, step):
+      return 10.0
 
   seen = []
   base = lambda model, soft: (seen.append(soft) or 100.0, "logits")
   loss, logits, extra = Composed({"lowrank": Distils(), "nm": Masks()}).loss(None, 1, jax.random.key(0), base)
   assert seen == [None, "soft targets"] and logits == "logits" and extra == {"distils/extra": 1.0}
-  assert loss == (100.0 + 10.0) * 2 + 1.0  # The inner term in each forward pass, the outer one once.
+  assert loss == (100.0 + 1000.0) * 2 + 1.0 + 10.0  # The rule in each forward pass, each penalty once.
+
+
+def test_with_distillation_the_srste_term_of_both_factors_is_added_once_per_step():
+  """Maestro's distillation makes two forward passes through low-rank N:M factors; coupled SR-STE's
+  λ_w/2·‖(1 − m)⊙W‖² over both factors is in the loss once (a hand computation from the factors' kernels)."""
+  from experiment.methods import Composed
+  lam = 0.3
+  layer = nm_lowrank.linear(16, 16, rngs=nnx.Rngs(0), name="fc", n=1, m=4)
+  parts = {"lowrank": lowrank.Maestro(distill=True, sampler="none"),
+           "nm": sparsity.NMTraining(layer, num_steps=10, method="srste", srste_decay=lam)}
+  parts["nm"].restore(layer, None, {})
+  x = jnp.ones((2, 16))
+  forward = lambda model, soft: (0.0 * jnp.sum(model(x)), model(x))  # The cross-entropy left out: 0.
+  loss, _, _ = Composed(parts).loss(layer, jnp.int32(1), jax.random.key(0), forward)
+  expected = 0.0
+  for factor in (layer.down, layer.up):
+    w = np.asarray(factor.kernel[...])
+    expected += lam / 2 * np.sum(np.where(np.asarray(sparsity.nm_mask(w, 1, 4, 0)), 0.0, w) ** 2)
+  assert float(loss) == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
 SMOKE = "configs/fmnist_mlp_maestro.py:smoke"

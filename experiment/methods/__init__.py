@@ -68,3 +68,13 @@ def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Method:
 def layers(config: ml_collections.ConfigDict, state: dict) -> dict:
   """The `config.layers` of the configured method's model at method state `state` ({}: a fresh start)."""
   return dict(spec_of(config).layers(config, state))
+
+
+def decay_exempt(config: ml_collections.ConfigDict, state: dict) -> tuple[str, ...]:
+  """The parameter names weight decay skips at method state `state` (Spec.decay_exempt)."""
+  return tuple(spec_of(config).decay_exempt(config, state))
+
+
+def rewarm(config: ml_collections.ConfigDict, state: dict) -> tuple[int, int] | None:
+  """Where the learning rate restarts and over how many updates it re-warms, at method state `state`."""
+  return spec_of(config).rewarm(config, state)

@@ -22,6 +22,17 @@ class Method:
     loss, logits = forward(model, None)
     return loss, logits, {}
 
+  def forward_pass(self, model: nnx.Module, step: jax.Array, key: jax.Array,
+                   forward: Callable[[nnx.Module], tuple[jax.Array, jax.Array]]) -> tuple[jax.Array, jax.Array]:
+    """One forward pass `forward(model) -> (loss, logits)` under the method's rule (the inner part of a
+    composition runs each of the outer part's passes through this)."""
+    return forward(model)
+
+  def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array:
+    """The term the method adds to the loss once per step (the inner part of a composition: once, whatever the
+    number of forward passes the outer part makes)."""
+    return 0.0
+
   updates_after = False  # True: the train step calls `after_update` after the optimizer's update.
 
   def after_update(self, model: nnx.Module, step: jax.Array, learning_rate: jax.Array) -> None:
@@ -64,7 +75,10 @@ class Spec:
   and defaults) and what the model passes; `sections`: its config sections, each {field: default} (every field
   it has);
   `make(config, model)`: its hooks for that model; `smoke(config)`: its changes to a `:smoke` config;
-  `objective(config)`: the terms it adds to the cross-entropy (a config or a config.json's dict), for plots.
+  `objective(config)`: the terms it adds to the cross-entropy (a config or a config.json's dict), for plots;
+  at method state `state`, `decay_exempt(config, state)`: the parameter names (kernel, down, up, ...) the
+  optimizer's weight decay skips, and `rewarm(config, state)`: (start, steps) where the learning rate restarts
+  from 0 and re-warms linearly over `steps` updates to the schedule's value, or None.
 
   A method that moves from one model to another during training (Maestro after a dense warm-up, Cuttlefish at
   its switch to low rank) says which in its state: `layers(config, state)` is the `config.layers` its model is
@@ -80,12 +94,15 @@ class Spec:
   objective: Callable[[ml_collections.ConfigDict | dict], list[str]] = lambda config: []
   layers: Callable[[ml_collections.ConfigDict, dict], ml_collections.ConfigDict | dict] = same_layers
   switch: Callable[[nnx.Module, nnx.Module], None] | None = None
+  decay_exempt: Callable[[ml_collections.ConfigDict, dict], tuple[str, ...]] = lambda config, state: ()
+  rewarm: Callable[[ml_collections.ConfigDict, dict], tuple[int, int] | None] = lambda config, state: None
 
 
 class Composed(Method):
-  """Several methods' hooks on one model, by section ({"lowrank": Maestro, "nm": NMTraining}): each one's loss
-  wraps the next one's (so every forward pass Maestro's loss makes runs under the N:M rule), host updates run in
-  order, states and metrics side by side."""
+  """Several methods' hooks on one model, by section ({"lowrank": Maestro, "nm": NMTraining}): the first part's
+  loss runs each of its forward passes through the later parts' `forward_pass` (so every pass Maestro makes runs
+  under the N:M rule, with its soft targets), and the later parts' penalties are added once per step; host
+  updates run in order, states and metrics side by side."""
 
   def __init__(self, parts: dict[str, Method]):
     self.parts = parts
@@ -93,21 +110,16 @@ class Composed(Method):
     self.updates_after = any(part.updates_after for part in parts.values())
 
   def loss(self, model, step, key, forward):
-    extra = {}
+    outer, *inner = self.parts.values()
+    keys = jax.random.split(key, len(self.parts))  # The innermost part's first, the outer part's last.
 
-    def wrapped(part, inner, key):
-      def forward_of(model, soft_targets):
-        loss, logits, more = part.loss(model, step, key,  # Soft targets a part passes (Maestro's distillation)
-                                       lambda m, soft: inner(m, soft_targets if soft is None else soft))  # go on.
-        extra.update(more)
-        return loss, logits
-      return forward_of
+    def wrapped(part, inner_forward, key):
+      return lambda model, soft_targets: part.forward_pass(model, step, key, lambda m: inner_forward(m, soft_targets))
 
-    keys = jax.random.split(key, len(self.parts))
-    for part, part_key in zip(reversed(list(self.parts.values())), keys):
+    for part, part_key in zip(reversed(inner), keys):
       forward = wrapped(part, forward, part_key)
-    loss, logits = forward(model, None)
-    return loss, logits, extra
+    loss, logits, extra = outer.loss(model, step, keys[-1], forward)
+    return loss + sum(part.penalty(model, step) for part in inner), logits, extra
 
   def after_update(self, model, step, learning_rate) -> None:
     for part in self.parts.values():
