@@ -360,7 +360,8 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   traced = [r for r in results if r.name in chosen and r.seed == min(x.seed for x in results if x.name == r.name)]
   out = pathlib.Path(_REPORT_TO.value or folder)
   figures = [p for p in (report.plot_nm(results, out, key), report.plot_params(results, out, baselines, key),
-                         report.plot_flops(results, out, key), report.plot_trajectories(traced, out)) if p]
+                         report.plot_flops(results, out, key), report.plot_flip_rates(results, out),
+                         report.plot_trajectories(traced, out)) if p]
   rows = report.table(results)
   machines = collections.Counter(" + ".join(sorted({l["machine"] for l in workdir_lib.launches(r.workdir)}))
                                  or "a machine not recorded (run made before launches.jsonl)" for r in results)
@@ -376,10 +377,14 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
   choices = report.chosen_table(results, key, reference)
   labels = {row["group"] for row in choices}
   levels = labels != {r.group for r in results} or bool(reference and reference not in labels)  # Named by N:M level.
-  lines += [f"Chosen on validation: each group's run{' (at each N:M level)' * levels} with the best mean validation "
-            f"{key.removeprefix('eval/')} over the seeds all its runs have; its test metric over all its seeds"
-            + (f", and the difference to {reference}'s{' at the same level' * levels} with a 95% interval (Welch's t)"
-               if reference else "") + ":", "", metrics.table(choices), ""]
+  lines += [f"Chosen on validation: each group's run{' (at each N:M level)' * levels} with the best validation "
+            f"{key.removeprefix('eval/')} on the first seed all its runs have (seed 0), among those whose N:M mask did "
+            "not freeze; its test metric over all its seeds and over the seeds held out from that choice (their "
+            "count in brackets; all seeds where there was nothing to choose)"
+            + (f", and the held-out difference to {reference}'s{' at the same level' * levels} with a 95% interval "
+               "(Welch's t; none for a row at another N:M level or sparsity)" if reference else "") + ". "
+            "Flip rate: the fraction of mask entries changed between log steps, averaged over the run; frozen: "
+            "none changed after the first quarter.", "", metrics.table(choices), ""]
   if by_level := report.nm_table(results, key):
     lines += [f"{report.label(key).capitalize()} by N:M level, mean ± std (seeds):", "", metrics.table(by_level), ""]
   lines += [n + "\n" for n in notes]

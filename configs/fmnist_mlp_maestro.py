@@ -34,7 +34,8 @@ def get_sweep(name: str = "methods"):
   one dense epoch; fmnist_mlp_pufferfish.py's fields, at this config's 12 epochs) at two ratios, and Cuttlefish
   (ranks chosen by the stable ranks; fmnist_mlp_cuttlefish.py). controlled: Maestro at λ 7e-5 as before and with
   the baseline's dense epoch, with and without the λ ramp and the fine-tune (one group: its recipe chosen on
-  validation), against dense and the two Pufferfish ratios. Three seeds."""
+  validation), against dense, the two Pufferfish ratios and Cuttlefish (as its authors train it: factors out of
+  weight decay under Frobenius decay, the learning rate re-warmed after the switch). Three seeds."""
   if name == "controlled":
     epoch, ramp, finetune = common.DENSE_EPOCH, common.LAMBDA_RAMP, common.FINETUNE
     return dict(seeds=(0, 1, 2), runs=[
@@ -44,6 +45,7 @@ def get_sweep(name: str = "methods"):
             ("_warmup_finetune", {**epoch, **finetune}), ("_warmup_ramp_finetune", {**epoch, **ramp, **finetune}))),
         dict(name="pufferfish_0.12", group="Pufferfish 0.12", overrides=common.pufferfish(0.12)),
         dict(name="pufferfish_0.06", group="Pufferfish 0.06", overrides=common.pufferfish(0.06)),
+        dict(name="cuttlefish", group="Cuttlefish", overrides={"layers.type": "cuttlefish"}),
     ])
   if name != "methods":
     raise ValueError(f"no sweep named {name!r}; this config's sweeps: methods, controlled")

@@ -54,6 +54,20 @@ class Result:
     return self.final.get("flops/total", math.nan) - saved
 
   @property
+  def flip_rate(self) -> float:
+    """The mean over its log steps of nm/flip_rate (the fraction of mask entries changed since the previous log
+    step); nan for a run without N:M masks."""
+    values = [r["nm/flip_rate"] for r in self.rows if "nm/flip_rate" in r]
+    return statistics.mean(values) if values else math.nan
+
+  @property
+  def frozen(self) -> bool:
+    """An N:M mask frozen from early on: not one entry flipped at any log step after the first quarter of the run
+    (where decoupled SR-STE's decay is so strong that a pruned weight never comes back)."""
+    later = [r["nm/flip_rate"] for r in self.rows if "nm/flip_rate" in r and r["step"] > self.rows[-1]["step"] / 4]
+    return bool(later) and max(later) == 0
+
+  @property
   def params(self) -> float:
     """Parameters at the end: in use (low rank: the kept ranks), not pruned (N:M)."""
     total = self.final.get("params/effective", self.rows[0].get("params/total", float("nan")))
@@ -123,8 +137,18 @@ def table(results: list[Result]) -> list[dict]:
       values = [f[key] for f in finals if key in f]
       row[column] = format(statistics.mean(values), fmt) if values else "—"
     row["train FLOPs"] = _flops(runs)
+    row["flip rate"] = _flip_rate(runs)
     rows.append(row)
   return rows
+
+
+def _flip_rate(runs: list[Result]) -> str:
+  """The runs' mean mask flip rate over the run (`Result.flip_rate`), "frozen" where every seed's mask froze
+  early, — without N:M masks."""
+  known = [r.flip_rate for r in runs if math.isfinite(r.flip_rate)]
+  if not known:
+    return "—"
+  return f"{statistics.mean(known):.2e}" + (" (frozen)" if all(r.frozen for r in runs) else "")
 
 
 def _flops(runs: list[Result]) -> str:
@@ -157,32 +181,49 @@ def validation(key: str) -> str:
   return key.replace("eval/", "val/", 1)
 
 
-def best_on_validation(names: dict[str, list[Result]], key: str) -> list[Result]:
-  """Of several run names (name -> seeds), the one with the best mean validation `key` over the seeds they all have
-  (a first look at seed 0 chooses on seed 0; each on its own seeds where they share none): its results, all seeds. Runs without validation metrics (older ones)
-  are chosen last."""
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """A run name chosen on validation: its results (all seeds) and the seeds whose validation chose it (none where
+  there was nothing to choose from). Its other seeds are held out: their test metrics carry no selection bias."""
+  runs: list[Result]
+  by: frozenset[int]
+
+  @property
+  def held_out(self) -> list[Result]:
+    return [r for r in self.runs if r.seed not in self.by]
+
+
+def best_on_validation(names: dict[str, list[Result]], key: str) -> Choice:
+  """Of several run names (name -> seeds), the one with the best validation `key` on the first seed they all have
+  (seed 0: a first look at seed 0 chooses, the other seeds are then run for the chosen name and held out), among
+  those whose N:M mask did not freeze (`Result.frozen`) unless all did; each name on the mean of its own seeds
+  where they share none. Runs without validation metrics (older ones) are chosen last."""
+  if len(names) == 1:
+    return Choice(next(iter(names.values())), frozenset())
   shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
+  by = {min(shared)} if shared else {r.seed for runs in names.values() for r in runs}
+  moving = {name: runs for name, runs in names.items() if not all(r.frozen for r in runs)} or names
 
   def score(runs: list[Result]) -> float:
-    values = [r.final[validation(key)] for r in runs if (r.seed in shared or not shared) and validation(key) in r.final]
+    values = [r.final[validation(key)] for r in runs if r.seed in by and validation(key) in r.final]
     return better(key) * statistics.mean(values) if values else -math.inf
 
-  return max(names.values(), key=score)
+  return Choice(max(moving.values(), key=score), frozenset(by))
 
 
-def chosen_on_validation(results: list[Result], key: str) -> dict[str, list[Result]]:
-  """Each group's run name chosen on validation (`best_on_validation`): group -> its results (all seeds). A group
-  with runs at several N:M levels (or N:M and not) is chosen at each, as "group n:m" ("group" for its runs that are
-  not N:M), since a denser level would always win."""
+def chosen_on_validation(results: list[Result], key: str) -> dict[str, Choice]:
+  """Each group's run name chosen on validation (`best_on_validation`). A group with runs at several N:M levels
+  (or N:M and not) is chosen at each, as "group n:m" ("group" for its runs that are not N:M), since a denser level
+  would always win."""
   chosen = {}
   for group, names in _groups(results, lambda r: True).items():
     at = _by_level(names, key)
-    for level, runs in at.items():
+    for level, choice in at.items():
       name = f"{group} {level[0]}:{level[1]}" if level and len(at) > 1 else group
       if name in chosen:
         raise ConfigError(f"two groups would both be reported as {name!r} (one at several N:M levels); rename one "
                           "in the sweep's config")
-      chosen[name] = runs
+      chosen[name] = choice
   return chosen
 
 
@@ -191,7 +232,7 @@ def _level(r: Result) -> tuple[int, int] | None:
   return (r.config["layers"]["n"], r.config["layers"]["m"]) if r.sparse else None
 
 
-def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int] | None, list[Result]]:
+def _by_level(names: dict[str, list[Result]], key: str) -> dict[tuple[int, int] | None, Choice]:
   """A group's runs at each N:M level (None: not N:M): the run name chosen on validation where it has several
   there."""
   levels = {}
@@ -204,32 +245,44 @@ def reference_names(results: list[Result], key: str) -> set[str]:
   """What `chosen_table` takes as its reference: every row it reports, and the name of a method whose rows are named
   by their N:M level ("STE" for "STE 1:8" and "STE 1:16": compared at each level)."""
   rows = chosen_on_validation(results, key)
-  return set(rows) | {name.removesuffix(" {}:{}".format(*_level(runs[0]))) for name, runs in rows.items()
-                      if runs[0].sparse}
+  return set(rows) | {name.removesuffix(" {}:{}".format(*_level(c.runs[0]))) for name, c in rows.items()
+                      if c.runs[0].sparse}
+
+
+def _sparsity(runs: list[Result]) -> float:
+  return statistics.mean(r.final.get("sparsity/total", 0.0) for r in runs)
 
 
 def chosen_table(results: list[Result], key: str, reference: str | None) -> list[dict]:
-  """One row per `chosen_on_validation` entry: its chosen run, that run's validation and test `key` (mean ± std over
-  its seeds), training FLOPs, and the test difference to the `reference`'s chosen run with its 95% interval — the
-  reference's at the row's N:M level where it has several, none for an N:M row where the reference is N:M at another
-  level only."""
+  """One row per `chosen_on_validation` entry: its chosen run, the validation `key` that chose it, its test `key`
+  (mean ± std) over all its seeds and over its held-out seeds, the mask flip rate, training FLOPs, and the test
+  difference on held-out seeds to the `reference`'s chosen run with its 95% interval. The reference is the
+  reference's row at the row's N:M level where it has several; there is none for a row at another N:M level or
+  another overall sparsity (N:M in fewer layers)."""
   chosen, scale = chosen_on_validation(results, key), 100 if key == "eval/accuracy" else 1
   digits = 2 if scale == 100 else 4
-  column = f"Δ test vs {reference} (95% CI)"
+  column = f"Δ held-out test vs {reference} (95% CI)"
   rows = []
-  for group, runs in chosen.items():
-    test = [r.final[key] for r in runs]
-    val = [r.final[validation(key)] for r in runs if validation(key) in r.final]
+  for group, choice in chosen.items():
+    runs, held_out = choice.runs, choice.held_out
+    val = [r.final[validation(key)] for r in runs if (r.seed in choice.by or not choice.by) and validation(key) in r.final]
     row = {"group": group, "chosen": runs[0].name, "seeds": len(runs), "val": mean_std(val, scale, digits) if val else "—",
-           "test": mean_std(test, scale, digits),
-           "train FLOPs": _flops(runs)}
+           "test": mean_std([r.final[key] for r in runs], scale, digits),
+           "test, held out": (mean_std([r.final[key] for r in held_out], scale, digits) if held_out else "—")
+           + (f" ({len(held_out)})" if choice.by else ""),
+           "flip rate": _flip_rate(runs), "train FLOPs": _flops(runs)}
     level = _level(runs[0])
     base = chosen.get(reference) or (chosen.get(f"{reference} {level[0]}:{level[1]}") if level and reference else None)
-    if base is not None and level and _level(base[0]) not in (None, level):  # N:M at another level: no comparison.
-      base = None
-    if base is not None:
-      diff, lo, hi = welch(test, [r.final[key] for r in base])
-      row[column] = ("—" if base is runs else f"{scale * diff:+.{digits}f} (one seed: no interval)" if math.isnan(lo)
+    if base is not None and (level and _level(base.runs[0]) not in (None, level)
+                             or level and abs(_sparsity(runs) - _sparsity(base.runs)) > 0.005):
+      base = None  # N:M at another level, or in other layers: no comparison.
+    if base is choice:
+      row[column] = "—"
+    elif base is not None and not (held_out and base.held_out):
+      row[column] = "no held-out seed"
+    elif base is not None:
+      diff, lo, hi = welch([r.final[key] for r in held_out], [r.final[key] for r in base.held_out])
+      row[column] = (f"{scale * diff:+.{digits}f} (one seed: no interval)" if math.isnan(lo)
                      else f"{scale * diff:+.{digits}f} ({scale * lo:+.{digits}f} to {scale * hi:+.{digits}f})")
     rows.append(row)
   if any(column in row for row in rows):
@@ -248,7 +301,7 @@ def nm_table(results: list[Result], key: str) -> list[dict]:
   cell = lambda values: f"{mean_std(values, scale, 2 if scale == 100 else 4)} ({len(values)})" if values else "—"
   rows = [{"method": "dense", **{f"{n}:{m}": cell(dense) for n, m in levels}}] if dense else []
   for group, names in groups.items():
-    by_level = {level: [r.final[key] for r in runs] for level, runs in _by_level(names, key).items()}
+    by_level = {level: [r.final[key] for r in c.runs] for level, c in _by_level(names, key).items()}
     rows.append({"method": group, **{f"{n}:{m}": cell(by_level.get((n, m), [])) for n, m in levels}})
   return rows
 
@@ -318,7 +371,8 @@ def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accura
   levels, counts = {}, []
   for group, names in groups.items():
     points = []
-    for (n, m), runs in _by_level(names, key).items():
+    for (n, m), choice in _by_level(names, key).items():
+      runs = choice.runs
       levels[1 - n / m] = f"{n}:{m}"
       points.append((1 - n / m, [r.final[key] * scale for r in runs]))
       counts.append(len(runs))
@@ -379,6 +433,25 @@ def plot_flops(results: list[Result], folder: pathlib.Path, key: str = "eval/acc
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return plots.save(fig, folder, "flops.png")
+
+
+def plot_flip_rates(results: list[Result], folder: pathlib.Path) -> pathlib.Path | None:
+  """The mask flip rate against the step, one line per N:M run name (its first seed): where a mask keeps moving,
+  settles, or freezes (0, at the bottom of the symmetric-log axis)."""
+  first = {}
+  for r in sorted((r for r in results if r.sparse), key=lambda r: r.seed):
+    first.setdefault(r.name, r)
+  if not first:
+    return None
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for name, r in first.items():
+    ax.plot(*plots.series(r.rows, "nm/flip_rate"), label=f"{name} s{r.seed}" + (" (frozen)" if r.frozen else ""))
+  ax.set_yscale("symlog", linthresh=1e-5)
+  ax.set(xlabel=plots.STEP, ylabel="fraction of mask entries flipped since the previous log step",
+         title=f"{_experiments(results)}\nN:M mask flip rate")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  return plots.save(fig, folder, "flip_rates.png")
 
 
 def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Path | None:

@@ -250,50 +250,74 @@ def test_welch_interval_matches_scipy():
   assert diff == pytest.approx(0.4) and lo != lo and hi != hi  # One seed: no interval (nan).
 
 
-def test_each_group_is_chosen_on_validation_over_the_seeds_all_its_runs_have(tmp_path):
+def test_each_group_is_chosen_on_seed_0s_validation_and_compared_on_the_seeds_held_out(tmp_path):
   def result(name, group, seed, val, test, key="accuracy"):
     return report.Result(name, group, seed, tmp_path, {"layers": {"type": "nm"}},
                          [{"step": 1, f"val/{key}": val, f"eval/{key}": test}])
-  results = [result("lam_1", "SR-STE", 0, 0.80, 0.90),  # Best on test, not on validation.
-             result("lam_6", "SR-STE", 0, 0.85, 0.84), result("lam_6", "SR-STE", 1, 0.70, 0.83),  # Seed 1: not
-             result("ste", "STE", 0, 0.82, 0.82), result("ste", "STE", 1, 0.81, 0.80)]  # shared, not counted.
+  results = [result("lam_1", "SR-STE", 0, 0.80, 0.90), result("lam_1", "SR-STE", 1, 0.99, 0.90),  # Best on test
+             # and on seed 1's validation, not on seed 0's: seed 0 chooses.
+             result("lam_6", "SR-STE", 0, 0.85, 0.95), result("lam_6", "SR-STE", 1, 0.70, 0.83),
+             result("lam_6", "SR-STE", 2, 0.70, 0.85),
+             *(result("ste", "STE", seed, 0.82, test) for seed, test in ((0, 0.82), (1, 0.80), (2, 0.81)))]
   chosen = report.chosen_on_validation(results, "eval/accuracy")
-  assert {g: [(r.name, r.seed) for r in runs] for g, runs in chosen.items()} == {
-      "SR-STE": [("lam_6", 0), ("lam_6", 1)], "STE": [("ste", 0), ("ste", 1)]}
+  assert {g: ([r.seed for r in c.runs], c.runs[0].name, sorted(c.by)) for g, c in chosen.items()} == {
+      "SR-STE": ([0, 1, 2], "lam_6", [0]), "STE": ([0, 1, 2], "ste", [])}  # STE: nothing to choose.
   rows = {row["group"]: row for row in report.chosen_table(results, "eval/accuracy", "STE")}
-  diff, lo, hi = report.welch([83.5 + 0.5, 83.5 - 0.5], [82.0, 80.0])
-  assert rows["SR-STE"]["Δ test vs STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
-  assert rows["STE"]["Δ test vs STE (95% CI)"] == "—"
+  assert rows["SR-STE"]["test"] == "87.67 ± 6.43" and rows["SR-STE"]["test, held out"] == "84.00 ± 1.41 (2)"
+  diff, lo, hi = report.welch([83.0, 85.0], [82.0, 80.0, 81.0])  # Seed 0's 95%, which chose, is left out.
+  assert rows["SR-STE"]["Δ held-out test vs STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
+  assert rows["STE"]["Δ held-out test vs STE (95% CI)"] == "—" and rows["STE"]["test, held out"] == "81.00 ± 1.00"
   text = [result("a", "g", 0, 1.7, 1.6, "bits_per_char"), result("b", "g", 0, 1.5, 1.9, "bits_per_char")]
-  assert report.chosen_on_validation(text, "eval/bits_per_char")["g"][0].name == "b"  # Lower is better.
+  assert report.chosen_on_validation(text, "eval/bits_per_char")["g"].runs[0].name == "b"  # Lower is better.
   apart = [result("a", "g", 0, 0.1, 0.9), result("b", "g", 1, 0.9, 0.1), result("b", "g", 2, 0.8, 0.1)]
-  assert report.chosen_on_validation(apart, "eval/accuracy")["g"][0].name == "b"  # No shared seed: their own.
+  assert report.chosen_on_validation(apart, "eval/accuracy")["g"].runs[0].name == "b"  # No shared seed: their own.
+
+
+def test_a_frozen_mask_is_reported_and_never_chosen_while_another_moves(tmp_path):
+  def result(name, val, flips):
+    rows = [{"step": step, "nm/n": 1, "nm/flip_rate": f} for step, f in zip((25, 50, 75, 100), flips)]
+    config = {"layers": {"type": "nm", "n": 1, "m": 16}, "dataset": {"name": "fashion_mnist"}, "model": {"name": "vit"}}
+    return report.Result(name, "SR-STE", 0, tmp_path, config,
+                         rows + [{"step": 100, "nm/n": 1, "val/accuracy": val, "eval/accuracy": val}])
+  frozen, moving = result("lam_100", 0.9, (1e-2, 0.0, 0.0, 0.0)), result("lam_1", 0.8, (1e-2, 1e-3, 1e-4, 0.0))
+  assert frozen.frozen and not moving.frozen and frozen.flip_rate == pytest.approx(2.5e-3)
+  assert report.chosen_on_validation([frozen, moving], "eval/accuracy")["SR-STE"].runs[0].name == "lam_1"
+  assert report.chosen_on_validation([frozen], "eval/accuracy")["SR-STE"].runs[0].name == "lam_100"  # All frozen.
+  assert report.table([frozen])[0]["flip rate"] == "2.50e-03 (frozen)"
+  assert report.table([moving])[0]["flip rate"] == "2.78e-03"
+  assert report.plot_flip_rates([frozen, moving], tmp_path).stat().st_size > 10_000
 
 
 def test_a_group_at_several_nm_levels_is_chosen_and_compared_at_each(tmp_path):
-  def result(name, group, seed, m, val, test):
+  def result(name, group, seed, m, val, test, sparsity=0.9):
     return report.Result(name, group, seed, tmp_path, {"layers": {"type": "nm", "n": 1, "m": m}},
-                         [{"step": 1, "nm/n": 1, "val/accuracy": val, "eval/accuracy": test}])
+                         [{"step": 1, "nm/n": 1, "val/accuracy": val, "eval/accuracy": test,
+                           "sparsity/total": sparsity}])
   better = {(20, 8): 0.06, (5, 16): 0.05}  # Validation prefers k·T 20 at 1:8, 5 at 1:16; test is val − 0.01.
   results = [result(f"mdgf_kt{kt}_1of{m}", "MDGF", seed, m, val + better.get((kt, m), 0), val - 0.01)
-             for kt in (5, 20) for m in (8, 16) for seed, val in ((0, 0.80), (1, 0.82))]
+             for kt in (5, 20) for m in (8, 16) for seed, val in ((0, 0.80), (1, 0.82), (2, 0.83))]
   results += [result(f"srste_1of{m}", "SR-STE", seed, m, 0.79, test - 0.03 * (m == 16)) for m in (8, 16)
-              for seed, test in ((0, 0.80), (1, 0.81))]
+              for seed, test in ((0, 0.80), (1, 0.81), (2, 0.79))]
   chosen = report.chosen_on_validation(results, "eval/accuracy")  # One choice per level, not 1:8 for the group.
-  assert {g: runs[0].name for g, runs in chosen.items()} == {
+  assert {g: c.runs[0].name for g, c in chosen.items()} == {
       "MDGF 1:8": "mdgf_kt20_1of8", "MDGF 1:16": "mdgf_kt5_1of16", "SR-STE 1:8": "srste_1of8",
       "SR-STE 1:16": "srste_1of16"}
+  column = "Δ held-out test vs SR-STE (95% CI)"
   rows = {row["group"]: row for row in report.chosen_table(results, "eval/accuracy", "SR-STE")}
-  diff, lo, hi = report.welch([79.0, 81.0], [77.0, 78.0])  # MDGF 1:16 against SR-STE at 1:16, not 1:8.
-  assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
-  assert rows["SR-STE 1:8"]["Δ test vs SR-STE (95% CI)"] == "—"
+  diff, lo, hi = report.welch([81.0, 82.0], [77.0, 78.0, 76.0])  # MDGF 1:16 against SR-STE at 1:16, not 1:8.
+  assert rows["MDGF 1:16"][column] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
+  assert rows["SR-STE 1:8"][column] == "—"
   named = [dataclasses.replace(r, group=f"{r.group} 1:{r.config['layers']['m']}") for r in results]  # "SR-STE 1:8".
   assert {"SR-STE", "SR-STE 1:8", "MDGF 1:16"} <= report.reference_names(named, "eval/accuracy")
   rows = {row["group"]: row for row in report.chosen_table(named, "eval/accuracy", "SR-STE")}
-  assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
+  assert rows["MDGF 1:16"][column] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
   only_8 = [r for r in results if r.group == "MDGF" or r.config["layers"]["m"] == 8]  # No SR-STE at 1:16.
   rows = {row["group"]: row for row in report.chosen_table(only_8, "eval/accuracy", "SR-STE")}
-  assert rows["MDGF 1:16"]["Δ test vs SR-STE (95% CI)"] == "no reference at its level"
+  assert rows["MDGF 1:16"][column] == "no reference at its level"
+  fewer = [dataclasses.replace(r, group="SR-STE, MLP only", rows=[{**r.final, "sparsity/total": 0.5}])
+           for r in results if r.group == "SR-STE" and r.config["layers"]["m"] == 16]  # Same N:M, fewer layers.
+  rows = {row["group"]: row for row in report.chosen_table(results + fewer, "eval/accuracy", "SR-STE")}
+  assert rows["SR-STE, MLP only"][column] == "no reference at its level"
   with pytest.raises(sweeps.ConfigError, match="'MDGF 1:8'"):  # A group of that name beside the split one.
     report.chosen_on_validation(results + [dataclasses.replace(results[0], group="MDGF 1:8")], "eval/accuracy")
 
