@@ -6,8 +6,11 @@ CIFAR ResNets of Maestro's and Pufferfish's code); `"imagenet"`: a 7x7 stride-2
 convolution and a 3x3 stride-2 max-pool. Layer names: `stem`,
 `stage<s>/block<b>/conv<i>` (and `/shortcut`), `head`. BatchNorm follows
 PyTorch's defaults (momentum 0.1 there, 0.9 here; epsilon 1e-5); it computes
-in `layers.dtype`, its statistics in float32.
+in `layers.dtype`, its statistics in float32. `norm="group"`: GroupNorm instead, with Maestro-LoD's group counts
+(8 channels a group up to 64 channels, 16 up to 512, 32 from 1024; its CIFAR script's default norm).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -18,17 +21,23 @@ from models.layers import LayerFactory
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 
 
-def batch_norm(layers: LayerFactory, features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+GROUPS = {16: 2, 32: 4, 64: 8, 128: 8, 256: 16, 512: 32, 1024: 32, 2048: 32}  # GroupNorm: channels -> groups.
+NORMS = ("batch", "group")
+
+
+def normalization(layers: LayerFactory, features: int, kind: str, rngs: nnx.Rngs) -> nnx.BatchNorm | nnx.GroupNorm:
+  if kind == "group":
+    return nnx.GroupNorm(features, num_groups=GROUPS.get(features, math.gcd(features, 8)), epsilon=1e-5, dtype=layers.dtype, rngs=rngs)
   return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=layers.dtype, rngs=rngs)
 
 
 class ConvNorm(nnx.Module):
-  """A convolution (no bias) and its BatchNorm."""
+  """A convolution (no bias) and its BatchNorm (or GroupNorm)."""
 
   def __init__(self, layers: LayerFactory, name: str, cin: int, cout: int, kernel: int, stride: int = 1, *,
-               rngs: nnx.Rngs):
+               norm: str = "batch", rngs: nnx.Rngs):
     self.conv = layers.conv(name, cin, cout, kernel, strides=stride, use_bias=False, rngs=rngs)
-    self.norm = batch_norm(layers, cout, rngs)
+    self.norm = normalization(layers, cout, norm, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.norm(self.conv(x))
@@ -39,14 +48,15 @@ class Block(nnx.Module):
   the shape changes."""
 
   def __init__(self, layers: LayerFactory, name: str, kind: str, cin: int, width: int, stride: int, *,
-               rngs: nnx.Rngs):
+               norm: str, rngs: nnx.Rngs):
     cout = width * (4 if kind == "bottleneck" else 1)
     if kind == "basic":
       shapes = [(cin, width, 3, stride), (width, width, 3, 1)]
     else:
       shapes = [(cin, width, 1, 1), (width, width, 3, stride), (width, cout, 1, 1)]
-    self.convs = nnx.List([ConvNorm(layers, f"{name}/conv{i + 1}", *s, rngs=rngs) for i, s in enumerate(shapes)])
-    self.shortcut = (ConvNorm(layers, f"{name}/shortcut", cin, cout, 1, stride, rngs=rngs)
+    self.convs = nnx.List([ConvNorm(layers, f"{name}/conv{i + 1}", *s, norm=norm, rngs=rngs)
+                           for i, s in enumerate(shapes)])
+    self.shortcut = (ConvNorm(layers, f"{name}/shortcut", cin, cout, 1, stride, norm=norm, rngs=rngs)
                      if stride != 1 or cin != cout else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -61,19 +71,19 @@ class Block(nnx.Module):
 class ResNet(nnx.Module):
 
   def __init__(self, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int, depth: int = 18,
-               stem: str = "cifar", width: int = 64, rngs: nnx.Rngs):
-    if depth not in DEPTHS or stem not in ("cifar", "imagenet"):
-      raise ValueError(f"config.model: depth={depth} / stem={stem!r}: depth is one of {sorted(DEPTHS)}, stem cifar "
-                       f"or imagenet")
+               stem: str = "cifar", width: int = 64, norm: str = "batch", rngs: nnx.Rngs):
+    if depth not in DEPTHS or stem not in ("cifar", "imagenet") or norm not in NORMS:
+      raise ValueError(f"config.model: depth={depth} / stem={stem!r} / norm={norm!r}: depth is one of "
+                       f"{sorted(DEPTHS)}, stem cifar or imagenet, norm one of {list(NORMS)}")
     kind, blocks = DEPTHS[depth]
     self.imagenet_stem = stem == "imagenet"
     self.stem = ConvNorm(layers, "stem", input_shape[-1], width, 7 if self.imagenet_stem else 3,
-                         2 if self.imagenet_stem else 1, rngs=rngs)
+                         2 if self.imagenet_stem else 1, norm=norm, rngs=rngs)
     stages, cin = [], width
     for s, count in enumerate(blocks):
       for b in range(count):
         stages.append(Block(layers, f"stage{s + 1}/block{b + 1}", kind, cin, width << s,
-                            2 if b == 0 and s > 0 else 1, rngs=rngs))
+                            2 if b == 0 and s > 0 else 1, norm=norm, rngs=rngs))
         cin = (width << s) * (4 if kind == "bottleneck" else 1)
     self.blocks = nnx.List(stages)
     self.head = layers.linear("head", cin, num_classes, rngs=rngs)

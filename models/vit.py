@@ -34,9 +34,10 @@ class Attention(nnx.Module):
 
 class MlpBlock(nnx.Module):
 
-  def __init__(self, layers: LayerFactory, name: str, dim: int, hidden: int, *, rngs: nnx.Rngs):
-    self.fc1 = layers.linear(f"{name}/fc1", dim, hidden, rngs=rngs)
-    self.fc2 = layers.linear(f"{name}/fc2", hidden, dim, rngs=rngs)
+  def __init__(self, layers: LayerFactory, name: str, dim: int, hidden: int, *, use_bias: bool = True,
+               rngs: nnx.Rngs):
+    self.fc1 = layers.linear(f"{name}/fc1", dim, hidden, use_bias=use_bias, rngs=rngs)
+    self.fc2 = layers.linear(f"{name}/fc2", hidden, dim, use_bias=use_bias, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(jax.nn.gelu(self.fc1(x)))
@@ -45,11 +46,11 @@ class MlpBlock(nnx.Module):
 class Block(nnx.Module):
 
   def __init__(self, layers: LayerFactory, name: str, dim: int, num_heads: int, mlp_dim: int, *,
-               causal: bool = False, rngs: nnx.Rngs):
+               causal: bool = False, mlp_bias: bool = True, rngs: nnx.Rngs):
     self.norm1 = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.attn = Attention(layers, f"{name}/attn", dim, num_heads, causal=causal, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
-    self.mlp = MlpBlock(layers, f"{name}/mlp", dim, mlp_dim, rngs=rngs)
+    self.mlp = MlpBlock(layers, f"{name}/mlp", dim, mlp_dim, use_bias=mlp_bias, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attn(self.norm1(x))
@@ -60,8 +61,9 @@ class ViT(nnx.Module):
 
   def __init__(self, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int, patch: int = 7,
                dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_dim: int = 128, pool: str = "mean",
-               rngs: nnx.Rngs):
-    """`pool`: mean (of the tokens) | cls (a learned class token before the patches; the head reads it)."""
+               mlp_bias: bool = True, rngs: nnx.Rngs):
+    """`pool`: mean (of the tokens) | cls (a learned class token before the patches; the head reads it);
+    `mlp_bias=False`: the MLP layers without a bias (as PGF's reference computes its sparse ones)."""
     h, w, c = input_shape
     if h % patch or w % patch:
       raise ValueError(f"config.model.patch={patch} must divide the image size {h}x{w}")
@@ -72,7 +74,8 @@ class ViT(nnx.Module):
     tokens = (h // patch) * (w // patch) + (pool == "cls")
     self.cls_token = nnx.Param(jnp.zeros((dim,))) if pool == "cls" else None  # 1-d: not weight-decayed.
     self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (tokens, dim)))
-    self.blocks = nnx.List([Block(layers, f"block{i}", dim, num_heads, mlp_dim, rngs=rngs) for i in range(depth)])
+    self.blocks = nnx.List([Block(layers, f"block{i}", dim, num_heads, mlp_dim, mlp_bias=mlp_bias, rngs=rngs)
+                            for i in range(depth)])
     self.norm = nnx.LayerNorm(dim, dtype=layers.dtype, rngs=rngs)
     self.head = layers.linear("head", dim, num_classes, rngs=rngs)
 

@@ -33,6 +33,24 @@ def test_the_language_model_is_causal(layers):
   np.testing.assert_allclose(model(tokens[:, :5]), logits[:, :5], atol=1e-5)  # Shorter windows: the same.
 
 
+def test_the_paper_configs_options_group_norm_resnet_and_bias_free_vit_mlp():
+  """model.norm=group: every BatchNorm a GroupNorm with Maestro-LoD's group counts (no running statistics to
+  recalibrate); model.mlp_bias=False: the ViT's MLP layers without a bias (PGF's FF layers), attention unchanged."""
+  build = lambda **model: models.build(ml_collections.ConfigDict(model), LayerFactory(), input_shape=(16, 16, 3),
+                                       num_classes=10, seed=0)
+  resnet = build(name="resnet", depth=18, width=16, norm="group")
+  norms = [m for _, m in nnx.iter_graph(resnet) if isinstance(m, (nnx.GroupNorm, nnx.BatchNorm))]
+  assert norms and all(isinstance(m, nnx.GroupNorm) for m in norms)
+  assert {(m.scale.shape[0], m.num_groups) for m in norms} == {(16, 2), (32, 4), (64, 8), (128, 8)}
+  assert resnet(jnp.ones((2, 16, 16, 3))).shape == (2, 10)
+  with pytest.raises(ValueError, match="norm='layer'"):
+    build(name="resnet", depth=18, width=16, norm="layer")
+  vit = build(name="vit", patch=4, dim=32, depth=1, num_heads=2, mlp_dim=64, mlp_bias=False)
+  mlp, attn = vit.blocks[0].mlp, vit.blocks[0].attn
+  assert mlp.fc1.bias is None and mlp.fc2.bias is None and attn.query.bias is not None
+  assert vit(jnp.ones((2, 16, 16, 3))).shape == (2, 10)
+
+
 def test_keep_dense_patterns_select_layers_by_name():
   factory = methods.layer_factory({"type": "nm", "keep_dense": ("fc1", "block*/attn/*")}, jnp.float32)
   assert factory.is_dense("fc1") and factory.is_dense("block3/attn/query")
