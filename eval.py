@@ -200,7 +200,7 @@ def _linked(checkpoints: Checkpoints, copy: Checkpoints, step: int) -> bool:
 def _read(checkpoints: Checkpoints, config, step: int, mesh) -> tuple[nnx.Module, nnx.Optimizer]:
   saved = checkpoints.restore_method(step)  # The model the method trained then (e.g. dense in a warm-up).
   model = build.model(config, saved)
-  optimizer = nnx.Optimizer(model, build.optimizer(config), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, build.optimizer(config, saved), wrt=nnx.Param)
   methods.build(config, model).restore(model, optimizer, saved)
   like = sharding.place((nnx.state(model), nnx.state(optimizer)), mesh, config.sharding)
   model_state, optimizer_state = checkpoints.restore_state(step, like)

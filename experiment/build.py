@@ -109,7 +109,8 @@ def learning_rate(config: ml_collections.ConfigDict, method_state: dict | None =
   """Linear warm-up over `warmup_steps`, then `schedule`: cosine or linear decay to 0 at the last step, constant,
   warmup_stable_decay (constant, then linear decay to 0 over the last `decay_fraction` of the steps), or step
   (x0.1 at each fraction `step_at` of the steps after the warm-up). At `method_state`, a method may restart it
-  with a linear re-warm (Cuttlefish after its switch): x (count − start + 1) / steps until that reaches 1."""
+  with a linear re-warm after update `start` (Cuttlefish after its switch): x (count − start + 1) / steps until
+  that reaches 1, so the first update after it runs at 1/steps of the schedule's value."""
   if epochs := in_epochs(config):
     raise ConfigError(f"config.{IN_EPOCHS[next(iter(epochs))]} is in epochs: convert the config first, "
                       f"experiment.config.in_steps(config, train_examples)")

@@ -139,7 +139,13 @@ def table(results: list[Result]) -> list[dict]:
     row["train FLOPs"] = _flops(runs)
     row["flip rate"] = _flip_rate(runs)
     rows.append(row)
-  return rows
+  return _without_empty(rows, "flip rate")
+
+
+def _without_empty(rows: list[dict], column: str) -> list[dict]:
+  """`rows` without `column` where no row has a value in it (a flip rate in a sweep without N:M runs)."""
+  return rows if any(row[column] != "—" for row in rows) else [{k: v for k, v in row.items() if k != column}
+                                                                for row in rows]
 
 
 def _flip_rate(runs: list[Result]) -> str:
@@ -202,7 +208,7 @@ def best_on_validation(names: dict[str, list[Result]], key: str) -> Choice:
     return Choice(next(iter(names.values())), frozenset())
   shared = set.intersection(*({r.seed for r in runs} for runs in names.values()))
   by = {min(shared)} if shared else {r.seed for runs in names.values() for r in runs}
-  moving = {name: runs for name, runs in names.items() if not all(r.frozen for r in runs)} or names
+  moving = {name: runs for name, runs in names.items() if not all(r.frozen for r in runs if r.seed in by)} or names
 
   def score(runs: list[Result]) -> float:
     values = [r.final[validation(key)] for r in runs if r.seed in by and validation(key) in r.final]
@@ -273,9 +279,10 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
            "flip rate": _flip_rate(runs), "train FLOPs": _flops(runs)}
     level = _level(runs[0])
     base = chosen.get(reference) or (chosen.get(f"{reference} {level[0]}:{level[1]}") if level and reference else None)
-    if base is not None and (level and _level(base.runs[0]) not in (None, level)
-                             or level and abs(_sparsity(runs) - _sparsity(base.runs)) > 0.005):
-      base = None  # N:M at another level, or in other layers: no comparison.
+    if base is not None and level and _level(base.runs[0]) not in (None, level):
+      base = None  # N:M at another level: no comparison.
+    if base is not None and level and _level(base.runs[0]) and abs(_sparsity(runs) - _sparsity(base.runs)) > 0.005:
+      base = None  # The same N:M in other layers (another overall sparsity): none either.
     if base is choice:
       row[column] = "—"
     elif base is not None and not (held_out and base.held_out):
@@ -287,7 +294,7 @@ def chosen_table(results: list[Result], key: str, reference: str | None) -> list
     rows.append(row)
   if any(column in row for row in rows):
     rows = [{**row, column: row.get(column, "no reference at its level")} for row in rows]
-  return rows
+  return _without_empty(rows, "flip rate")
 
 
 def nm_table(results: list[Result], key: str) -> list[dict]:

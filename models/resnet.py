@@ -7,7 +7,8 @@ convolution and a 3x3 stride-2 max-pool. Layer names: `stem`,
 `stage<s>/block<b>/conv<i>` (and `/shortcut`), `head`. BatchNorm follows
 PyTorch's defaults (momentum 0.1 there, 0.9 here; epsilon 1e-5); it computes
 in `layers.dtype`, its statistics in float32. `norm="group"`: GroupNorm instead, with Maestro-LoD's group counts
-(8 channels a group up to 64 channels, 16 up to 512, 32 from 1024; its CIFAR script's default norm).
+(`GROUPS`: 8 channels a group up to 64 channels, 16 up to 512, 32 at 1024, 64 at 2048; its CIFAR script's default
+norm), and gcd(channels, 8) groups at other widths.
 """
 
 import math

@@ -182,8 +182,15 @@ class NMTraining:
     return step in self.boundaries
 
   def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None) -> bool:
-    """Each layer's pattern and gradient rule for the next phase or frame; True if one changed (a recompilation)."""
-    return self._configure(step, model)
+    """Each layer's pattern and gradient rule for the next phase or frame; True if one changed (a recompilation).
+    A layer masked for the first time (after a dense warm-up) counts its next flips from its first mask, as at a
+    fresh start, not from the all-kept mask of the dense phase."""
+    dense = [layer for _, layer in nm_layers(model) if layer.sparsity.pattern is None]
+    changed = self._configure(step, model)
+    for layer in dense:
+      if layer.sparsity.pattern is not None:
+        layer.logged_mask[...] = layer.hard_mask(layer.kernel[...])
+    return changed
 
   def state(self, step: int, model) -> dict:
     return {"step": step, "phase": self.phases.phase(step), "alpha": float(self.alpha(step + 1)), "decay_coef": self.decay_coef,

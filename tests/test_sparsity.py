@@ -254,3 +254,14 @@ def test_forward_macs_and_the_flops_n_m_hardware_saves():
   mdgf = sparsity.NMTraining(model, num_steps=10, method="mdgf", dense_warmup=0.2, finetune=0.3, inputs=inputs)
   assert [mdgf.forward_flops_saved(t, model) for t in (7, 10)] == pytest.approx([0, 3 * per_update])
   assert "nm/forward_flops_saved" not in sparsity.NMTraining(model, num_steps=10).metrics(1, model)  # No inputs.
+
+
+def test_a_mask_after_a_dense_warmup_counts_its_flips_from_its_first_mask():
+  """The dense phase logs an all-kept mask; the first mask after it is not 1 − N/M of the entries flipped (which
+  would dominate the run's flip rate), but the start the flips are counted from, as at a fresh start."""
+  layer = _linear()
+  training = sparsity.NMTraining(layer, num_steps=10, method="ste", dense_warmup=0.2)
+  training.restore(layer, None, {})
+  assert np.all(layer.logged_mask[...]) and training.host_update_due(2)
+  training.host_update(2, layer, None)
+  np.testing.assert_array_equal(layer.logged_mask[...], sparsity.nm_mask(layer.kernel[...], 2, 4, 0))

@@ -318,6 +318,11 @@ def test_a_group_at_several_nm_levels_is_chosen_and_compared_at_each(tmp_path):
            for r in results if r.group == "SR-STE" and r.config["layers"]["m"] == 16]  # Same N:M, fewer layers.
   rows = {row["group"]: row for row in report.chosen_table(results + fewer, "eval/accuracy", "SR-STE")}
   assert rows["SR-STE, MLP only"][column] == "no reference at its level"
+  dense = [report.Result("dense", "dense", seed, tmp_path, {"layers": {"type": "dense"}},
+                         [{"step": 1, "val/accuracy": 0.9, "eval/accuracy": test}]) for seed, test in ((0, .9), (1, .91))]
+  rows = {row["group"]: row for row in report.chosen_table(results + dense, "eval/accuracy", "dense")}
+  diff, lo, hi = report.welch([81.0, 82.0], [90.0, 91.0])  # Dense is every N:M row's reference, at any level.
+  assert rows["MDGF 1:16"]["Δ held-out test vs dense (95% CI)"] == f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
   with pytest.raises(sweeps.ConfigError, match="'MDGF 1:8'"):  # A group of that name beside the split one.
     report.chosen_on_validation(results + [dataclasses.replace(results[0], group="MDGF 1:8")], "eval/accuracy")
 

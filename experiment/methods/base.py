@@ -78,7 +78,8 @@ class Spec:
   `objective(config)`: the terms it adds to the cross-entropy (a config or a config.json's dict), for plots;
   at method state `state`, `decay_exempt(config, state)`: the parameter names (kernel, down, up, ...) the
   optimizer's weight decay skips, and `rewarm(config, state)`: (start, steps) where the learning rate restarts
-  from 0 and re-warms linearly over `steps` updates to the schedule's value, or None.
+  (the first update after `start` at 1/steps of the schedule's value) and re-warms linearly to it over `steps`
+  updates, or None.
 
   A method that moves from one model to another during training (Maestro after a dense warm-up, Cuttlefish at
   its switch to low rank) says which in its state: `layers(config, state)` is the `config.layers` its model is
@@ -101,8 +102,9 @@ class Spec:
 class Composed(Method):
   """Several methods' hooks on one model, by section ({"lowrank": Maestro, "nm": NMTraining}): the first part's
   loss runs each of its forward passes through the later parts' `forward_pass` (so every pass Maestro makes runs
-  under the N:M rule, with its soft targets), and the later parts' penalties are added once per step; host
-  updates run in order, states and metrics side by side."""
+  under the N:M rule, with its soft targets), and the later parts' penalties are added once per step (their own
+  `loss` is not called: an inner part's rule must be in those two hooks); host updates run in order, states and
+  metrics side by side."""
 
   def __init__(self, parts: dict[str, Method]):
     self.parts = parts

@@ -4,6 +4,7 @@ the layers in `config.layers.keep_dense` are neither tracked nor factorized."""
 
 import ml_collections
 
+from experiment.config import get_field
 from experiment.methods.base import Spec
 from lowrank import cuttlefish, deploy
 
@@ -50,15 +51,17 @@ def objective(config) -> list[str]:
 
 
 def decay_exempt(config, state: dict) -> tuple[str, ...]:
-  """After the switch, with Frobenius decay on, the factors leave the ordinary weight decay (as in the reference)."""
-  return ("down", "up") if "ranks" in state and config.cuttlefish.frobenius_decay > 0 else ()
+  """With Frobenius decay on, the factors (which exist after the switch) get no ordinary weight decay (as in the
+  reference)."""
+  return ("down", "up") if config.cuttlefish.frobenius_decay > 0 else ()
 
 
 def rewarm(config, state: dict) -> tuple[int, int] | None:
   """After the switch, the learning rate restarts and re-warms over `rewarm_steps` (the reference's fresh
-  optimizer); its schedule then goes on where it was."""
-  steps = config.cuttlefish.rewarm_steps
-  return (state["switched_at"], steps) if "switched_at" in state and steps else None
+  optimizer); its schedule then goes on where it was. (A run saved before re-warms existed has no `switched_at`.)"""
+  if "switched_at" not in state or not (steps := get_field(config, "cuttlefish.rewarm_steps", 0)):
+    return None
+  return state["switched_at"], steps
 
 
 METHOD = Spec("cuttlefish", cuttlefish.linear, cuttlefish.conv, layer_options=dict(ranks={}),
