@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import lowrank
-from lowrank import maestro
+from lowrank import deploy, maestro
 from lowrank.layers import LowRankConv, LowRankLinear
 
 
@@ -171,3 +171,87 @@ def test_group_lasso_schedule_and_penalty_free_finetune():
   assert hooks.metrics(81, model)["lowrank/lambda"] == 0.0
   with pytest.raises(ValueError, match="group_lasso_ramp"):
     lowrank.Maestro(group_lasso_ramp=(5, 2))
+
+
+def _moments(optimizer: nnx.Optimizer) -> dict[tuple, np.ndarray]:
+  """Adam's first and second moments by (mu | nu, layer, factor)."""
+  return {(p[2], p[-2], p[-1]): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(optimizer))
+          if len(p) > 3 and p[2] in ("mu", "nu") and p[-1] in ("down", "up")}
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_shrink_keeps_adams_moments_of_the_kept_components(conv):
+  """slice_to cuts each factor's moments to the kept components (columns of down, rows of up), unchanged: not the
+  other end, not reset."""
+  if conv:
+    layer = LowRankConv(3, 6, 3, rank=6, rngs=nnx.Rngs(0), name="c")
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+  else:
+    layer = LowRankLinear(12, 10, rank=10, rngs=nnx.Rngs(0), name="a")
+    x = jax.random.normal(jax.random.key(0), (5, 12))
+  model = nnx.Sequential(layer)
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  for _ in range(2):
+    optimizer.update(model, nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(model))
+  before = _moments(optimizer)
+  k = 4
+  maestro.slice_to(model, {layer.name: k}, optimizer)
+  after = _moments(optimizer)
+  assert after.keys() == before.keys() and len(after) == 4
+  for (moment, _, factor), value in before.items():
+    kept = value[..., :k] if factor == "down" else value[:k]
+    np.testing.assert_array_equal(after[moment, 0, factor], kept)
+    assert np.all(kept != 0)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_copy_svd_at_rank_r_is_numpys_truncated_svd_split_by_its_square_root(conv):
+  rngs = nnx.Rngs(0)
+  if conv:
+    dense, lod = nnx.Conv(4, 6, (3, 3), rngs=rngs), LowRankConv(4, 6, 3, rank=3, rngs=rngs, name="c")
+  else:
+    dense, lod = nnx.Linear(9, 7, rngs=rngs), LowRankLinear(9, 7, rank=3, rngs=rngs, name="a")
+  dense.bias[...] = jnp.arange(dense.bias.shape[0], dtype=jnp.float32)
+  deploy.copy_svd(nnx.Sequential(dense), nnx.Sequential(lod))
+  kernel = np.asarray(dense.kernel[...], np.float64).reshape(-1, dense.kernel.shape[-1])
+  p, s, qt = np.linalg.svd(kernel, full_matrices=False)
+  down, up = np.asarray(lod.down[...]).reshape(-1, 3), np.asarray(lod.up[...])
+  np.testing.assert_allclose(down @ up, (p[:, :3] * s[:3]) @ qt[:3], atol=1e-5)  # The best rank-3 product.
+  np.testing.assert_allclose(np.linalg.norm(down, axis=0), np.sqrt(s[:3]), rtol=1e-5)  # √S on each side.
+  np.testing.assert_allclose(np.linalg.norm(up, axis=1), np.sqrt(s[:3]), rtol=1e-5)
+  np.testing.assert_array_equal(lod.bias[...], dense.bias[...])
+
+
+def test_distillation_is_ce_full_plus_ce_sampled_against_the_stopped_full_softmax():
+  """The distillation loss against a hand computation, and no gradient through the teacher: the gradient equals
+  that of CE(full, y) + CE(sampled, fixed targets) with the full pass's softmax held constant."""
+  model = nnx.Sequential(LowRankLinear(6, 5, rank=5, rngs=nnx.Rngs(0), name="a"))
+  x, y = jax.random.normal(jax.random.key(0), (4, 6)), jnp.array([0, 1, 2, 3])
+  hooks = lowrank.Maestro(distill=True, sampler="fixed_ratio", fixed_ratio=0.4)  # Rank 2 of 5, every step.
+
+  def forward(m, soft):
+    logits = m(x)
+    if soft is None:
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+    return optax.softmax_cross_entropy(logits, soft).mean(), logits
+
+  loss = float(hooks.loss(model, jnp.int32(1), jax.random.key(0), forward)[0])
+  full_logits = np.asarray(model(x), np.float64)
+  maestro.set_active_ranks(model, {"a": 2})
+  sampled_logits = np.asarray(model(x), np.float64)
+  maestro.set_active_ranks(model, None)
+  log_softmax = lambda z: z - np.log(np.exp(z).sum(-1, keepdims=True))
+  teacher = np.exp(log_softmax(full_logits))
+  expected = -log_softmax(full_logits)[np.arange(4), y].mean() - (teacher * log_softmax(sampled_logits)).sum(-1).mean()
+  assert loss == pytest.approx(expected, rel=1e-5)
+
+  def by_hand(m):  # The teacher a constant.
+    full = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    maestro.set_active_ranks(m, {"a": 2})
+    sampled = optax.softmax_cross_entropy(m(x), jnp.asarray(teacher, jnp.float32)).mean()
+    maestro.set_active_ranks(m, None)
+    return full + sampled
+
+  grads = nnx.grad(lambda m: hooks.loss(m, jnp.int32(1), jax.random.key(0), forward)[0])(model)
+  expected_grads = nnx.grad(by_hand)(model)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, expected_grads)

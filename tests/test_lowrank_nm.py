@@ -97,6 +97,23 @@ def test_with_distillation_the_srste_term_of_both_factors_is_added_once_per_step
   assert float(loss) == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
+def test_the_group_lasso_of_low_rank_nm_reads_the_masked_factors():
+  """Maestro's penalty on N:M factors is the hierarchical group lasso of the masked (effective) factors, by hand in
+  NumPy, not of the dense kernels behind them."""
+  layer = nm_lowrank.linear(16, 12, rngs=nnx.Rngs(0), name="fc", n=1, m=4)
+  masked = []
+  for factor in (layer.down, layer.up):
+    w = np.asarray(factor.kernel[...], np.float64)
+    masked.append(np.where(np.asarray(sparsity.nm_mask(w, 1, 4, 0)), w, 0.0))
+  down, up = masked  # (16, r), (r, 12)
+  tail = lambda norms: np.sqrt(np.cumsum(norms[::-1])[::-1])  # sqrt(Σ_{j≥i} ·), for each i.
+  expected = np.sum(tail(np.sum(down ** 2, axis=0)) + tail(np.sum(up ** 2, axis=1)))
+  assert float(lowrank.penalty(layer)) == pytest.approx(expected, rel=1e-5)
+  raw_down, raw_up = np.asarray(layer.down.kernel[...]), np.asarray(layer.up.kernel[...])
+  unmasked = np.sum(tail(np.sum(raw_down ** 2, axis=0)) + tail(np.sum(raw_up ** 2, axis=1)))
+  assert abs(unmasked - expected) > 0.1 * expected
+
+
 SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 COMPOSED = {"layers.type": "lowrank+nm", "lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5,
             "model.hidden": (64, 64)}  # 784-64-64-10: full ranks 64 and 64.
