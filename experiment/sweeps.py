@@ -185,6 +185,7 @@ def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
   print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run with {workers} worker(s)", flush=True)
   queue, failed, lock = list(todo), [], threading.Lock()
   pin_cores = workers > 1 and jax.default_backend() == "cpu" and shutil.which("taskset")
+  cores = sorted(os.sched_getaffinity(0))  # The cores this process may use (not always 0..n-1).
   env = dict(os.environ if env is None else env)
   if workers > 1:  # One CPU thread each, and on a GPU an equal share of its memory (not JAX's default 75%).
     single_thread = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -199,7 +200,7 @@ def run(runs: list[Run], workers: int, env: dict | None = None) -> list[Run]:
         r = queue.pop(0)
       print(f"[{index}] {shlex.join(r.command)}", flush=True)
       r.workdir.parent.mkdir(parents=True, exist_ok=True)
-      pin = ["taskset", "-c", str(index % os.cpu_count())] if pin_cores else []
+      pin = ["taskset", "-c", str(cores[index % len(cores)])] if pin_cores else []
       with (r.workdir.parent / f"{r.workdir.name}.log").open("a") as log:
         code = subprocess.run([*pin, sys.executable, *r.command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env=env).returncode

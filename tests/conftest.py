@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -53,11 +54,31 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
   return {"dataset.idx_dir": str(idx_dir), "dataset.data_dir": str(data_dir), **TINY_SPLITS}
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+  """`-n auto`: the cores this process may run on (psutil would count physical cores, not the affinity mask)."""
+  return len(os.sched_getaffinity(0))
+
+
+SUBPROCESS_TIMEOUT = 600  # Seconds any subprocess of a test may take (pyproject's per-test limit is 900).
+
+
+def wait_until(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = 300.0,
+               every: float = 0.01) -> None:
+  """Polls `condition()` every `every` seconds until it holds; fails naming `what` if `proc` ends first or
+  `timeout` seconds pass (no test waits forever)."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert proc is None or proc.poll() is None, f"the process exited ({proc.returncode}) before {what}"
+    assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+    time.sleep(every)
+
+
 def run(script: str, *args: str, overrides: dict | None = None, env: dict | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
   """Runs `python <script> <args> --config.<k>=<v>...` from the repository root."""
   cmd = [sys.executable, script, *args, *(f"--config.{k}={v}" for k, v in (overrides or {}).items())]
-  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=SUBPROCESS_TIMEOUT)
   if check and result.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result

@@ -43,14 +43,17 @@ def test_processes_starting_together_prepare_the_dataset_once(tmp_path):
   """A sweep's workers on a fresh machine: each loads the not-yet-prepared dataset at the same moment."""
   folder, go = write_idx_set(tmp_path / "idx", num_train=3000, num_test=12), tmp_path / "go"
   load = ("import pathlib, sys, time; from data import fashion_mnist; pathlib.Path(sys.argv[1]).touch()\n"
-          f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+          f"t = time.monotonic()\nwhile not pathlib.Path({str(go)!r}).exists() and time.monotonic() - t < 600: "
+          "time.sleep(0.01)\n"
           f"print(len(fashion_mnist.load('train', data_dir={str(tmp_path / 'tfds')!r}, idx_dir={str(folder)!r})))")
   ready = [tmp_path / f"ready{i}" for i in range(3)]
   procs = [subprocess.Popen([sys.executable, "-c", load, str(r)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for r in ready]
   try:
+    deadline = time.monotonic() + 300
     while not all(r.exists() for r in ready):  # All imported: then they start loading together.
       assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+      assert time.monotonic() < deadline, "the loaders did not start within 300 s"
       time.sleep(0.01)
   finally:
     go.touch()  # Even when one died: the others load and end.

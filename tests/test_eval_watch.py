@@ -18,7 +18,7 @@ import pytest
 from experiment import build, metrics, sharding
 from experiment.checkpoint import Checkpoints
 from experiment.config import ConfigError
-from tests.conftest import ROOT, run, snapshot
+from tests.conftest import ROOT, run, snapshot, wait_until
 
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 STEPS = 40
@@ -45,10 +45,6 @@ def finished(proc: subprocess.Popen, out: pathlib.Path, timeout: float = 600) ->
                                      pathlib.Path(f"{out}.err").read_text())
 
 
-def wait_for(condition, proc: subprocess.Popen) -> None:
-  while not condition():
-    assert proc.poll() is None, f"exited ({proc.returncode}) before {condition.__name__}"
-    time.sleep(0.05)
 
 
 def train_command(workdir: pathlib.Path, tiny_data: dict, num_steps: int) -> list[str]:
@@ -69,10 +65,11 @@ def test_evaluations_beside_a_run_that_deletes_its_checkpoints_never_fail(tmp_pa
 
   mesh, restored = sharding.mesh(), []
   try:
-    wait_for(first_checkpoint, train[0])
+    wait_until(first_checkpoint, "a first checkpoint", train[0], every=0.05)
     calls = [start("eval.py", "--workdir", str(workdir), logs=tmp_path / "logs") for _ in range(2)]
+    deadline = time.monotonic() + 300
     while len(restored) < 10 or any(proc.poll() is None for proc, _ in calls):
-      assert train[0].poll() is None
+      assert train[0].poll() is None and time.monotonic() < deadline
       restored.append(eval_py.restore(workdir, None, mesh)[2])
   finally:
     train[0].send_signal(signal.SIGTERM)
@@ -98,7 +95,7 @@ def watched_run(tmp_path_factory, tiny_data):
   def config_written():
     return (workdir / "config.json").exists()
 
-  wait_for(config_written, train[0])
+  wait_until(config_written, "the run's config.json", train[0], every=0.05)
   watcher = start("eval.py", "--workdir", str(workdir), "--watch", "--watch_interval=0.2", logs=folder / "logs")
   try:
     trained = finished(*train)
@@ -144,7 +141,7 @@ def test_sigterm_and_ctrl_c_stop_a_watch_without_a_traceback(watched_run, tmp_pa
       def watching():
         return "Watching" in pathlib.Path(f"{out}.out").read_text()
 
-      wait_for(watching, proc)
+      wait_until(watching, "eval.py watching", proc, every=0.05)
       proc.send_signal(sig)
       result = finished(proc, out)
       assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -31,7 +31,8 @@ from experiment import build, metrics, sharding
 from experiment import methods
 from experiment.checkpoint import Checkpoints
 from experiment.step import make_train_step
-from tests.conftest import ROOT, assert_one_line_error, assert_same_run, run, saved_state, snapshot, write_idx_set
+from tests.conftest import (ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, assert_same_run, run,
+                            saved_state, snapshot, wait_until, write_idx_set)
 
 STEPS = 60
 LOOP = {"checkpoint_every": 7, "log_every": 5, "eval_every": 30}  # Checkpoints off the log grid.
@@ -40,6 +41,11 @@ RUNS = {
     "maestro": ("configs/fmnist_mlp_maestro.py:smoke", {"lowrank.shrink_every": 20, "lowrank.shrink_eps": 0.5}),
     "sdgf": ("configs/fmnist_mlp_nm.py:smoke,method=sdgf,n=1,m=8", {"nm.sdgf_decay": True}),  # Frames of 15 steps.
 }
+
+
+def train_py(cmd: list[str], check: bool = False) -> subprocess.CompletedProcess:
+  """`cmd` (a train.py command line) run to its end from the repository root, its output captured."""
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=check, timeout=SUBPROCESS_TIMEOUT)
 
 
 def command(name: str, workdir: pathlib.Path, tiny_data: dict, keep: int = 2, steps: int = STEPS) -> list[str]:
@@ -58,8 +64,7 @@ def straight_runs(tmp_path_factory, tiny_data):
   def get(name: str, steps: int = STEPS) -> pathlib.Path:
     if (name, steps) not in made:
       made[name, steps] = tmp_path_factory.mktemp("straight") / name
-      subprocess.run(command(name, made[name, steps], tiny_data, steps=steps), cwd=ROOT, check=True,
-                     capture_output=True)
+      train_py(command(name, made[name, steps], tiny_data, steps=steps), check=True)
     return made[name, steps]
 
   return get
@@ -163,15 +168,13 @@ def test_sigterm_saves_and_exits_cleanly_and_the_resumed_run_is_identical(straig
   workdir = tmp_path / "preempted"
   cmd = command("dense", workdir, tiny_data)
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  while not _train_rows(workdir):
-    assert proc.poll() is None
-    time.sleep(0.001)
+  wait_until(lambda: _train_rows(workdir), "a logged training row", proc, every=0.001)
   proc.send_signal(signal.SIGTERM)
   stderr = proc.communicate(timeout=120)[1]
   assert proc.returncode == 0 and "Traceback" not in stderr, stderr
   stopped = int(stderr.split("Stopped by SIGTERM after step ")[1].split(",")[0])
   assert 5 <= stopped < STEPS and (workdir / "checkpoints" / str(stopped)).is_dir()
-  resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+  resumed = train_py(cmd, check=True)
   assert f"Resumed from step {stopped}" in resumed.stderr
   assert_same_run(straight_runs("dense"), workdir, STEPS)
 
@@ -183,9 +186,7 @@ def test_ctrl_c_saves_like_sigterm_a_second_one_stops_at_once(straight_runs, tin
   def interrupt(times: int) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rows = _train_rows(workdir)
-    while _train_rows(workdir) <= rows:  # Training has logged a row of its own.
-      assert proc.poll() is None
-      time.sleep(0.001)
+    wait_until(lambda: _train_rows(workdir) > rows, "a training row of its own", proc, every=0.001)
     proc.send_signal(signal.SIGINT)
     said = []
     if times == 2:  # Once the first is taken (two signals at once would arrive as one), while the save is made.
@@ -205,11 +206,15 @@ def test_ctrl_c_saves_like_sigterm_a_second_one_stops_at_once(straight_runs, tin
   assert twice.returncode == 130 and "Traceback" not in twice.stderr, twice.stderr
   assert "Stopped by a second Ctrl-C" in twice.stderr.strip().splitlines()[-1]
   assert _whole_checkpoint(workdir) >= stopped  # Nothing lost.
-  early = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  time.sleep(2.0)  # Importing JAX (its handler is set before the imports start).
+  early = subprocess.Popen([cmd[0], "-X", "importtime", *cmd[1:]], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+  for line in early.stderr:  # -X importtime: a line as each import ends. train.py sets its handler before it
+    if line.rstrip().endswith("| jax"):  # imports JAX, and trains long after: a Ctrl-C now is one before training.
+      break
   early.send_signal(signal.SIGINT)
-  assert early.wait(timeout=60) == 130 and "Traceback" not in early.communicate()[1]
-  subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+  rest = early.communicate(timeout=60)[1]  # Read to the end: -X importtime writes much to a pipe that must not fill.
+  assert early.returncode == 130 and "Traceback" not in rest, rest[-3000:]
+  train_py(cmd, check=True)
   assert_same_run(straight_runs("dense"), workdir, STEPS)
 
 
@@ -240,7 +245,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_whole_one(damage, st
   workdir = tmp_path / "damaged"
   shutil.copytree(straight, workdir)
   DAMAGE[damage](workdir / "checkpoints" / str(STEPS), workdir / "checkpoint_manifests")
-  result = subprocess.run(command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, text=True)
+  result = train_py(command("dense", workdir, tiny_data))
   assert result.returncode == 0, result.stderr[-3000:]
   warning = next(line for line in result.stderr.splitlines() if line.startswith("warning:"))
   assert f"checkpoint step {STEPS} " in warning and "damaged" in warning
@@ -255,14 +260,12 @@ def test_a_changed_config_is_refused_listing_the_fields_unless_allowed(straight_
   shutil.copytree(straight_runs("dense"), workdir)
   before = snapshot(workdir)
   cmd = command("dense", workdir, tiny_data)
-  refused = subprocess.run(cmd + ["--config.num_steps=70", "--config.optimizer.learning_rate=0.01"], cwd=ROOT,
-                           capture_output=True, text=True)
+  refused = train_py(cmd + ["--config.num_steps=70", "--config.optimizer.learning_rate=0.01"])
   assert_one_line_error(refused, "num_steps: 60 -> 70")
   assert "optimizer.learning_rate: 0.001 -> 0.01" in refused.stderr and "--allow_config_change" in refused.stderr
   assert snapshot(workdir) == before
 
-  allowed = subprocess.run(cmd + ["--config.num_steps=70", "--allow_config_change"], cwd=ROOT, capture_output=True,
-                           text=True)
+  allowed = train_py(cmd + ["--config.num_steps=70", "--allow_config_change"])
   assert allowed.returncode == 0, allowed.stderr[-3000:]
   assert "Resumed from step 60" in allowed.stderr
   assert json.loads((workdir / "config.json").read_text())["num_steps"] == 70
@@ -275,10 +278,8 @@ def test_a_second_process_on_the_same_workdir_is_refused(tiny_data, tmp_path):
   cmd = command("dense", workdir, tiny_data)
   first = subprocess.Popen(cmd + ["--config.num_steps=100000"], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
-  while not _train_rows(workdir):
-    assert first.poll() is None
-    time.sleep(0.01)
-  second = subprocess.run(cmd + ["--config.num_steps=100000"], cwd=ROOT, capture_output=True, text=True)
+  wait_until(lambda: _train_rows(workdir), "a logged training row", first)
+  second = train_py(cmd + ["--config.num_steps=100000"])
   assert_one_line_error(second, "in use by another train.py")
   assert f"pid {first.pid}" in second.stderr
   assert first.poll() is None  # The first run goes on.
@@ -309,10 +310,10 @@ def test_a_failing_checkpoint_write_is_one_line_and_loses_nothing(straight_runs,
   shutil.copytree(straight_runs("dense"), workdir)
   shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # As if killed after the step-56 checkpoint.
   limited = ["bash", "-c", 'ulimit -f 400 && exec "$@"', "bash"]  # Files up to 200 kB; a checkpoint is ~22 MB.
-  full = subprocess.run(limited + command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, text=True)
+  full = train_py(limited + command("dense", workdir, tiny_data))
   assert_one_line_error(full, f"writing checkpoint {STEPS} to {workdir / 'checkpoints'} failed: File too large")
   assert "ulimit -f" in full.stderr and _whole_checkpoint(workdir) == 56
-  subprocess.run(command("dense", workdir, tiny_data), cwd=ROOT, capture_output=True, check=True)
+  train_py(command("dense", workdir, tiny_data), check=True)
   assert_same_run(straight_runs("dense"), workdir, STEPS)
 
 
@@ -322,9 +323,7 @@ def test_a_workdir_removed_mid_run_is_one_line(tiny_data, tmp_path):
   workdir = tmp_path / "removed"
   proc = subprocess.Popen(command("dense", workdir, tiny_data, steps=100000), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-  while _train_rows(workdir) < 1:
-    assert proc.poll() is None
-    time.sleep(0.01)
+  wait_until(lambda: _train_rows(workdir), "a logged training row", proc)
   shutil.rmtree(workdir)
   stderr = proc.communicate(timeout=120)[1]
   result = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SUBPROCESS_TIMEOUT
 
 # Each package may import the packages below it, never one beside or above it.
 LAYERS = [{"lowrank"}, {"sparsity"}, {"models", "data"}, {"experiment"}, {"configs"},  # sparsity/lowrank.py: N:M LoD.
@@ -16,7 +16,7 @@ LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in 
 
 def test_the_libraries_import_nothing_of_the_trainer():
   loaded = subprocess.run([sys.executable, "-c", "import sys, lowrank, sparsity; print(' '.join(sys.modules))"],
-                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=SUBPROCESS_TIMEOUT).stdout.split()
   trainer = {"experiment", "data", "models", "configs", "ml_collections", "tensorflow_datasets", "grain", "orbax"}
   assert not {m.split(".")[0] for m in loaded} & trainer
   assert {"lowrank.maestro", "sparsity.training", "flax", "optax"} <= set(loaded)

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -19,7 +18,7 @@ from jax._src import clusters
 from jax.sharding import PartitionSpec as P
 
 from experiment import metrics, sharding
-from tests.conftest import ROOT, assert_one_line_error, run
+from tests.conftest import ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, run, wait_until
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 TOLERANCE = 1e-3  # Relative, per logged step: the order of the cross-device float32 sums differs, and training
@@ -175,7 +174,7 @@ mu = opt["opt_state"][1][0]["mu"]["hidden"][1]["kernel"][...]
 print(kernel.addressable_shards[0].data.shape, mu.addressable_shards[0].data.shape, len(kernel.addressable_shards))
 """
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
-                       env={**os.environ, **EIGHT})
+                       env={**os.environ, **EIGHT}, timeout=SUBPROCESS_TIMEOUT)
   assert out.stdout.split("\n")[-2] == "(128, 1024) (128, 1024) 8"
 
 
@@ -193,8 +192,8 @@ def _two_processes(name: str, workdir, tiny_data, sigterm_after: int | None = No
                                  "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
   if sigterm_after is not None:
     log = workdir / "metrics.jsonl"
-    while not (log.exists() and len(log.read_text().splitlines()) > sigterm_after) and procs[1].poll() is None:
-      time.sleep(0.05)
+    wait_until(lambda: (log.exists() and len(log.read_text().splitlines()) > sigterm_after)
+               or procs[1].poll() is not None, f"{sigterm_after} logged rows", every=0.05)
     procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]

@@ -16,7 +16,7 @@ from scipy import stats as scipy_stats
 
 from experiment import metrics, report, sweeps
 from experiment import workdir as workdir_lib
-from tests.conftest import assert_one_line_error, run, snapshot
+from tests.conftest import SUBPROCESS_TIMEOUT, assert_one_line_error, run, snapshot
 
 SWEEP_CONFIG = """
 from configs import common, {module}
@@ -149,7 +149,7 @@ def test_emit_slurm_writes_an_array_job_of_the_unfinished_runs(nm_sweep, tmp_pat
   assert "a SLURM array job of 1 task(s)" in out.stdout and "#SBATCH --array=0-0\n" in text
   assert f"  0) exec {commands['sdgf-stepwise_1of8_s0']} >> " in text
   outside = {k: v for k, v in os.environ.items() if k != "SLURM_ARRAY_TASK_ID"}
-  bad = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=outside)
+  bad = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=outside, timeout=SUBPROCESS_TIMEOUT)
   assert bad.returncode == 2 and "error: SLURM_ARRAY_TASK_ID=: expected 0-0" in bad.stderr
 
 
