@@ -451,6 +451,7 @@ def plot_flip_rates(results: list[Result], folder: pathlib.Path) -> pathlib.Path
   if not first:
     return None
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  ax.set_prop_cycle(color=plt.cm.tab20.colors)  # More runs than the default cycle's ten colors.
   for name, r in first.items():
     ax.plot(*plots.series(r.rows, "nm/flip_rate"), label=f"{name} s{r.seed}" + (" (frozen)" if r.frozen else ""))
   ax.set_yscale("symlog", linthresh=1e-5)
