@@ -173,10 +173,11 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
             for name in ("dense", "sdgf-stepwise_1of8")}
   diff, lo, hi = report.welch(*([100 * f["eval/accuracy"] for f in finals[name]] for name in ("sdgf-stepwise_1of8",
                                                                                              "dense")))
-  assert re.search(r"\| SDGF-stepwise +\| sdgf-stepwise_1of8 +\| 2 +\|[^|]+\|[^|]+\| "
+  assert re.search(r"\| SDGF-stepwise +\| sdgf-stepwise_1of8 +\| 2 +\|[^|]+\|[^|]+\|[^|]+\|[^|]+\| "  # val, test,
+                   # held-out test, flip rate, FLOPs, Δ.
                    + re.escape(f"{statistics.mean(f['flops/total'] - f['nm/forward_flops_saved'] for f in finals['sdgf-stepwise_1of8']):.3g}") + r" +\| "
                    + re.escape(f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"), text), text  # Chosen on validation.
-  for plot in ("nm_levels.png", "flops.png", "trajectories.png"):
+  for plot in ("nm_levels.png", "flops.png", "flip_rates.png", "trajectories.png"):
     assert (folder / "plots" / plot).stat().st_size > 10_000
     assert f"(plots/{plot})" in text
 
