@@ -1,4 +1,4 @@
-"""Cuttlefish (lowrank/cuttlefish.py, ALGORITHMS.md C): `layers.type=cuttlefish`, configured by
+"""Cuttlefish (lowrank/cuttlefish.py; docs/maestro.md, its Cuttlefish section): `layers.type=cuttlefish`, configured by
 `config.cuttlefish`. Full rank until the tracked stable ranks settle, then LoD layers at the ranks they choose;
 the layers in `config.layers.keep_dense` are neither tracked nor factorized."""
 

@@ -1,4 +1,4 @@
-"""Low rank + N:M (sparsity/lowrank.py, ALGORITHMS.md D): `layers.type=lowrank+nm`, LoD layers whose factors
+"""Low rank + N:M (sparsity/lowrank.py; docs/nm_sparsity.md): `layers.type=lowrank+nm`, LoD layers whose factors
 are N:M-sparse, trained by Maestro (`config.lowrank`) and the N:M rule (`config.nm`) at once; `config.layers`
 takes both methods' options (rank_ratio, ranks, init; n, m, patterns)."""
 

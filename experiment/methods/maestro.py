@@ -1,4 +1,4 @@
-"""Maestro (lowrank/, ALGORITHMS.md A): `layers.type=lowrank`, configured by `config.lowrank`."""
+"""Maestro (lowrank/; docs/maestro.md): `layers.type=lowrank`, configured by `config.lowrank`."""
 
 import ml_collections
 

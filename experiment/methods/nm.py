@@ -1,4 +1,4 @@
-"""N:M sparsity with progressive gradient flow (sparsity/, ALGORITHMS.md B): `layers.type=nm`, configured by
+"""N:M sparsity with progressive gradient flow (sparsity/; docs/nm_sparsity.md): `layers.type=nm`, configured by
 `config.nm`."""
 
 import jax
