@@ -1,5 +1,7 @@
 """A multi-layer perceptron on flattened images."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -12,7 +14,7 @@ class MLP(nnx.Module):
 
   def __init__(self, layers: LayerFactory, *, input_shape: tuple[int, ...], num_classes: int,
                hidden: tuple[int, ...] = (1024, 1024), rngs: nnx.Rngs):
-    sizes = [int(jax.numpy.prod(jax.numpy.array(input_shape))), *hidden]
+    sizes = [math.prod(input_shape), *hidden]
     self.hidden = nnx.List([layers.linear(f"fc{i + 1}", a, b, rngs=rngs) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))])
     self.head = layers.linear("head", sizes[-1], num_classes, rngs=rngs)
 

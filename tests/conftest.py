@@ -6,9 +6,11 @@ import importlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -52,6 +54,20 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
   idx_dir, data_dir = write_idx_set(root / "idx"), root / "tfds"
   fashion_mnist.load("train", data_dir=str(data_dir), idx_dir=str(idx_dir))
   return {"dataset.idx_dir": str(idx_dir), "dataset.data_dir": str(data_dir), **TINY_SPLITS}
+
+
+def pytest_configure(config) -> None:
+  """One persistent JAX compilation cache for the whole session: this process, its xdist workers (which inherit
+  the environment) and every train.py they start, so a computation compiled once is read back after (the
+  compile counters count both; experiment/step.py). Fresh each session, removed at its end."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    folder = tempfile.mkdtemp(prefix="jax_cache_")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=folder, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

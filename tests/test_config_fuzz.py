@@ -1,7 +1,8 @@
 """Property-based (hypothesis) bad input: a smoke config with one to three
-fields set to generated values, valid and not, run through train.py. Each run
-either trains to its last step, or exits before anything is compiled with one
-line naming a field it was given and without writing to its workdir.
+fields set to generated values, each known to be valid or not, run through
+train.py. A config of valid values trains to its last step; one with an invalid
+value exits before anything is compiled, with one line naming an invalid field
+it was given, and without writing to its workdir.
 
 The default suite runs a fixed (derandomized) handful; `pytest -m slow -k fuzz`
 runs many more random ones.
@@ -19,75 +20,86 @@ from tests.conftest import assert_one_line_error, run, snapshot
 
 STEPS = {"num_steps": 4, "log_every": 2, "eval_every": 4, "checkpoint_every": 2}
 
-integer = lambda low, high: st.one_of(st.integers(low, high), st.sampled_from([0, -1, -7, 2**40, 2.5, "many"]))
-fraction = st.one_of(st.floats(0, 0.9), st.sampled_from([1.0, 1.5, -0.1, float("nan"), "half"]))
-positive = st.one_of(st.floats(1e-5, 1.0), st.sampled_from([0.0, -1e-3, float("nan"), float("inf"), "1e3x"]))
-name = lambda *valid: st.sampled_from([*valid, "bogus", "", 3])
+
+def either(valid: st.SearchStrategy, *invalid) -> st.SearchStrategy:
+  """(value, whether it is valid): from `valid`, or one of `invalid`. Valid values are chosen so that any mix of
+  them is a valid config (e.g. batch sizes are multiples of every valid accumulation count)."""
+  return st.one_of(valid.map(lambda v: (v, True)), st.sampled_from(invalid).map(lambda v: (v, False)))
+
+
+BAD_INTEGERS = (0, -1, -7, 2**40, 2.5, "many")
+integer = lambda low, high: either(st.integers(low, high), *BAD_INTEGERS)
+name = lambda *valid: either(st.sampled_from(valid), "bogus", "", 3)
+fraction = lambda low, high: either(st.floats(low, high), 1.5, -0.1, float("nan"), "half")
+off_or = lambda *valid: either(st.sampled_from([0.0, *valid]), -1.0, float("nan"), float("inf"))
 
 COMMON = {
-    "seed": st.one_of(st.integers(0, 2**31 - 1), st.sampled_from([-1, 2**40])),
-    "batch_size": st.one_of(integer(1, 64), st.sampled_from([10**7])),
-    "num_steps": integer(1, 6),
+    "seed": either(st.integers(0, 2**31 - 1), -1, 2**31, 2**40, 2.5),
+    "batch_size": either(st.integers(1, 16).map(lambda k: 4 * k), *BAD_INTEGERS, 225, 10**7),  # 224 train examples.
+    "num_steps": integer(3, 6),
     "log_every": integer(1, 5),
     "eval_every": integer(1, 5),
     "checkpoint_every": integer(1, 5),
     "keep_checkpoints": integer(1, 3),
-    "eval_batch_size": integer(1, 300),
-    "dataset.eval_limit": integer(0, 300),
+    "eval_batch_size": either(st.integers(1, 100), *BAD_INTEGERS, 101, 300),  # 100 test examples.
+    "dataset.eval_limit": either(st.integers(0, 300), -1, 2.5, "all"),
     "optimizer.name": name("adamw", "sgd"),
-    "optimizer.learning_rate": positive,
-    "optimizer.warmup_steps": integer(0, 5),
+    "optimizer.learning_rate": either(st.floats(1e-5, 0.1), 0.0, -1e-3, float("nan"), float("inf"), "1e3x"),
+    "optimizer.warmup_steps": either(st.integers(0, 5), -1, 2.5, "some"),
     "optimizer.schedule": name("cosine", "linear", "constant", "warmup_stable_decay"),
-    "optimizer.decay_fraction": fraction,
+    "optimizer.decay_fraction": either(st.floats(0.01, 1.0), 0.0, 1.5, -0.1, float("nan"), "half"),
     "optimizer.decay": name("kernels", "all"),
-    "optimizer.accumulate_steps": integer(1, 4),
-    "optimizer.ema_decay": fraction,
+    "optimizer.accumulate_steps": either(st.sampled_from([1, 2, 4]), 0, -1, 2.5, "many"),
+    "optimizer.ema_decay": fraction(0.0, 0.99),
     "compute_dtype": name("float32", "bfloat16"),
-    "profile_steps": st.sampled_from(["", "1:2", "3", "3:1", "0:2", "1:99", "x:y"]),
-    "dataset.workers": st.sampled_from([0, -1, 1.5, "two"]),
-    "optimizer.grad_clip": st.sampled_from([0.0, 1.0, -1.0, float("nan")]),
-    "optimizer.weight_decay": st.sampled_from([0.0, 1e-4, -1.0, float("inf")]),
-    "layers.type": name("dense", "lowrank", "nm"),
+    "profile_steps": either(st.sampled_from(["", "1:2", "3"]), "3:1", "0:2", "1:99", "x:y"),
+    "dataset.workers": either(st.just(0), -1, 1.5, "two"),
+    "optimizer.grad_clip": off_or(1.0),
+    "optimizer.weight_decay": off_or(1e-4),
     "wandb.mode": name("disabled"),
-    "skip_nonfinite": st.sampled_from([True, False, "maybe"]),
+    "layers.type": name("dense"),  # Every config's dense baseline (its other types: their own configs).
+    "skip_nonfinite": either(st.booleans(), "maybe"),
     "sharding": name("data", "fsdp"),
 }
 CONFIGS = {
     "configs/fmnist_mlp_dense.py:smoke": {},
     "configs/fmnist_mlp_maestro.py:smoke": {
         "lowrank.sampler": name("single_layer", "independent", "fixed_ratio", "none"),
-        "lowrank.fixed_ratio": fraction,
-        "lowrank.group_lasso": st.sampled_from([0.0, 1e-4, -1.0, float("nan")]),
-        "lowrank.shrink_every": integer(0, 4),
-        "lowrank.shrink_eps": st.sampled_from([0.0, 0.5, -1.0, float("inf")]),
-        "lowrank.dense_warmup_steps": integer(0, 4),
-        "layers.rank_ratio": fraction,
+        "lowrank.fixed_ratio": fraction(0.05, 1.0),
+        "lowrank.group_lasso": off_or(1e-4),
+        "lowrank.shrink_every": either(st.integers(0, 4), -1, 2.5, "often"),
+        "lowrank.shrink_eps": off_or(0.5),
+        "lowrank.dense_warmup_steps": either(st.integers(0, 2), -1, 2.5, "some"),
+        "layers.rank_ratio": fraction(0.05, 1.0),
         "layers.init": name("spectral", "random"),
     },
     "configs/fmnist_mlp_nm.py:smoke": {
-        "layers.n": integer(1, 8),
-        "layers.m": st.one_of(st.sampled_from([2, 4, 8, 16]), integer(1, 32)),
+        "layers.n": either(st.integers(1, 2), 0, -1, 2.5, "many"),
+        "layers.m": either(st.sampled_from([4, 8, 16]), 0, -1, 3, 5, 2.5),  # A layer has 784 or 64 inputs.
         "nm.method": name("ste", "srste", "mdgf", "sdgf", "unstructured"),
         "nm.decay": name("exp", "linear"),
-        "nm.decay_coef": st.sampled_from([0.0, 0.1, -1.0, float("nan")]),
+        "nm.decay_coef": off_or(0.1),
         "nm.structure": name("stepwise", "geometric", "densify"),
-        "nm.dense_warmup": fraction,
-        "nm.finetune": fraction,
-        "nm.srste_decay": st.sampled_from([0.0, 2e-4, -1.0]),
+        "nm.dense_warmup": fraction(0.0, 0.3),
+        "nm.finetune": fraction(0.0, 0.3),
+        "nm.srste_decay": either(st.sampled_from([0.0, 2e-4]), -1.0, float("nan")),
     },
 }
 
 
 @st.composite
 def configs(draw):
+  """A config, one to three of its fields with generated values, and the fields given an invalid value."""
   config = draw(st.sampled_from(sorted(CONFIGS)))
   fields = {**COMMON, **CONFIGS[config]}
   chosen = draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=3, unique=True))
-  return config, {f: draw(fields[f]) for f in chosen}
+  drawn = {f: draw(fields[f]) for f in chosen}
+  return config, {f: v for f, (v, _) in drawn.items()}, sorted(f for f, (_, valid) in drawn.items() if not valid)
 
 
-def check_one(config: str, overrides: dict, tiny_data: dict) -> str:
-  """How the run ended: "trained" or the error line."""
+def check_one(config: str, overrides: dict, invalid: list[str], tiny_data: dict) -> str:
+  """A case of valid values must train to its last step; one with an invalid value must fail with one line naming
+  one of the invalid fields, before writing to its workdir. Returns how it ended: "trained" or the error line."""
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp) / "existing"
     workdir.mkdir()
@@ -95,13 +107,15 @@ def check_one(config: str, overrides: dict, tiny_data: dict) -> str:
     before = snapshot(workdir)
     result = run("train.py", "--config", config, "--workdir", str(workdir),
                  overrides={**tiny_data, **STEPS, **overrides}, check=False)
-    if result.returncode == 0:
+    if not invalid:
+      assert result.returncode == 0, f"a valid config was refused: {result.stderr[-3000:]}"
       last = metrics.read(workdir / "metrics.jsonl")[-1]
       assert last["step"] == int(overrides.get("num_steps", STEPS["num_steps"]))
       return "trained"
+    assert result.returncode != 0, f"trained with invalid {invalid}"
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    named = [f for f in overrides if f in result.stderr.strip().splitlines()[-1]]
-    assert named, f"the error names none of {sorted(overrides)}: {result.stderr.strip().splitlines()[-1]}"
+    named = [f for f in invalid if f in result.stderr.strip().splitlines()[-1]]
+    assert named, f"the error names none of the invalid {invalid}: {result.stderr.strip().splitlines()[-1]}"
     assert_one_line_error(result, named[0])
     assert snapshot(workdir) == before, "a failed run wrote to its workdir"
     return result.stderr.strip().splitlines()[-1]

@@ -38,7 +38,7 @@ STEPS = 60
 LOOP = {"checkpoint_every": 7, "log_every": 5, "eval_every": 30}  # Checkpoints off the log grid.
 RUNS = {
     "dense": ("configs/fmnist_mlp_dense.py:smoke", {}),
-    "maestro": ("configs/fmnist_mlp_maestro.py:smoke", {"lowrank.shrink_every": 20, "lowrank.shrink_eps": 0.5}),
+    "maestro": ("configs/fmnist_mlp_maestro.py:smoke", {"lowrank.shrink_every": 20, "lowrank.shrink_eps": 1.0}),
     "sdgf": ("configs/fmnist_mlp_nm.py:smoke,method=sdgf,n=1,m=8", {"nm.sdgf_decay": True}),  # Frames of 15 steps.
 }
 
@@ -73,7 +73,8 @@ def straight_runs(tmp_path_factory, tiny_data):
 @dataclasses.dataclass
 class Kill:
   """When to SIGKILL: `after` seconds past a moment, the moment being `start` (the process started: imports,
-  restore, compilation), `training` (its first logged row) or `saving` (a checkpoint write began)."""
+  restore, compilation), `training` (its first logged row) or `saving` (a checkpoint write began); or, for
+  `step`, as soon as step `after` is logged."""
   moment: str
   after: float
 
@@ -88,6 +89,12 @@ class Kill:
 def _train_rows(workdir: pathlib.Path) -> int:
   path = workdir / "metrics.jsonl"
   return path.read_text().count('"train/loss"') if path.exists() else 0
+
+
+def _last_step(workdir: pathlib.Path) -> int:
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().splitlines() if path.exists() else []
+  return json.loads(lines[-1])["step"] if lines and lines[-1].endswith("}") else 0
 
 
 def _saves(workdir: pathlib.Path) -> set[str]:
@@ -117,12 +124,13 @@ def run_with_kills(cmd: list[str], workdir: pathlib.Path, kills: list[Kill], ste
       saves.append(_saves(workdir))
       return bool(saves[-1] - saves[-2])
 
-    reached = {"start": lambda: True, "training": lambda: _train_rows(workdir) > rows_before, "saving": new_save}
+    reached = {"start": lambda: True, "training": lambda: _train_rows(workdir) > rows_before, "saving": new_save,
+               "step": lambda: _last_step(workdir) >= kill.after}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started, killed = time.monotonic(), False
     while kill is not None and proc.poll() is None and time.monotonic() - started < 300:
       if reached[kill.moment]():
-        time.sleep(kill.after)
+        time.sleep(0 if kill.moment == "step" else kill.after)
         proc.kill()
         killed = True
         break
@@ -152,6 +160,17 @@ KILLS = [Kill("start", 2.0), Kill("saving", 0), Kill("training", 0.2), Kill("sav
 def test_a_run_killed_four_times_ends_bit_identical(straight_runs, tiny_data, tmp_path):
   log = check_kills("dense", KILLS, straight_runs, tmp_path / "killed", tiny_data)
   assert sum("Kill(moment='saving'" in line for line in log) == 2, "\n".join(log)
+
+
+def test_a_maestro_run_killed_across_its_shrinks_ends_bit_identical(straight_runs, tiny_data, tmp_path):
+  """Killed once between the step-14 checkpoint and the shrink at step 20 (the restart shrinks again), once after
+  the shrink at 40 (the restart restores the shrunk model), in another process each time."""
+  log = check_kills("maestro", [Kill("step", 15), Kill("step", 45)], straight_runs, tmp_path / "killed", tiny_data)
+  resumed = [int(line.split("Resumed from step ")[1].split()[0].rstrip(".,")) for line in log if "Resumed" in line]
+  assert len(resumed) == 2 and resumed[0] < 20 and resumed[1] >= 40, "\n".join(log)
+  params = {r["step"]: r["params/effective"] for r in metrics.read(straight_runs("maestro") / "metrics.jsonl")
+            if "params/effective" in r}
+  assert params[25] < params[15] and params[45] < params[35]  # It shrank at steps 20 and 40.
 
 
 @pytest.mark.slow
@@ -309,7 +328,7 @@ def test_a_failing_checkpoint_write_is_one_line_and_loses_nothing(straight_runs,
   workdir = tmp_path / "full"
   shutil.copytree(straight_runs("dense"), workdir)
   shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # As if killed after the step-56 checkpoint.
-  limited = ["bash", "-c", 'ulimit -f 400 && exec "$@"', "bash"]  # Files up to 200 kB; a checkpoint is ~22 MB.
+  limited = ["bash", "-c", 'ulimit -f 100 && exec "$@"', "bash"]  # Files up to 50 kB; a checkpoint is ~0.7 MB.
   full = train_py(limited + command("dense", workdir, tiny_data))
   assert_one_line_error(full, f"writing checkpoint {STEPS} to {workdir / 'checkpoints'} failed: File too large")
   assert "ulimit -f" in full.stderr and _whole_checkpoint(workdir) == 56
@@ -324,7 +343,7 @@ def test_a_workdir_removed_mid_run_is_one_line(tiny_data, tmp_path):
   proc = subprocess.Popen(command("dense", workdir, tiny_data, steps=100000), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   wait_until(lambda: _train_rows(workdir), "a logged training row", proc)
-  shutil.rmtree(workdir)
+  workdir.rename(tmp_path / "gone")  # At once (removing file by file races the run's own writes).
   stderr = proc.communicate(timeout=120)[1]
   result = subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
   assert_one_line_error(result, f"accessing {workdir}/checkpoints failed: No such file or directory")

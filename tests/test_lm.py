@@ -11,7 +11,7 @@ import pytest
 from data import austen
 from experiment import metrics
 from tests import rdata_files
-from tests.conftest import assert_one_line_error, run
+from tests.conftest import assert_one_line_error, run, train_here
 
 WORDS = ("the", "miss", "bennet", "said", "of", "and", "a", "very", "good", "humour", "Emma", "Darcy", "was", "not")
 
@@ -53,18 +53,23 @@ def test_builder_errors_name_the_folder_or_the_character(tmp_path):
     austen.encode("café")
 
 
-@pytest.mark.slow  # The language model's other tests train it (N:M, Maestro); this one trains it to sample.
+def test_lm_smoke_learns_and_logs_bits_per_char(tiny_austen, tmp_path):
+  overrides, _ = tiny_austen
+  final = train_here("configs/austen_lm_dense.py:smoke", tmp_path / "lm", overrides)
+  rows = metrics.read(tmp_path / "lm" / "metrics.jsonl")
+  assert final["eval/bits_per_char"] == pytest.approx(final["eval/loss"] / math.log(2))
+  evals = {r["step"]: r["eval/bits_per_char"] for r in rows if "eval/bits_per_char" in r}
+  assert list(evals) == [10, 20] and evals[20] < evals[10]  # It learns.
+  assert final["eval/bits_per_char"] < math.log2(len(austen.VOCAB))  # Better than uniform over the vocabulary.
+
+
+@pytest.mark.slow  # The smoke above trains it in this process; this one runs the command lines and samples.
 def test_dense_lm_trains_reports_bits_per_char_and_samples(tiny_austen, tmp_path):
   overrides, _ = tiny_austen
   workdir = tmp_path / "lm"
   out = run("train.py", "--config", "configs/austen_lm_dense.py:smoke", "--workdir", str(workdir),
             overrides={**overrides, "log_every": 3})  # Evaluations (every 10 steps) are logged off the log grid too.
-  rows = metrics.read(workdir / "metrics.jsonl")
-  final = rows[-1]
-  assert final["eval/bits_per_char"] == pytest.approx(final["eval/loss"] / math.log(2))
-  evals = {r["step"]: r["eval/bits_per_char"] for r in rows if "eval/bits_per_char" in r}
-  assert list(evals) == [10, 20] and evals[20] < evals[10]  # It learns.
-  assert final["eval/bits_per_char"] < math.log2(len(austen.VOCAB))  # Better than uniform over the vocabulary.
+  final = metrics.read(workdir / "metrics.jsonl")[-1]
   assert "test bits/char" in out.stdout
   evaluated = run("eval.py", "--workdir", str(workdir))  # The restored checkpoint: the same number, by its name.
   assert json.loads((workdir / "eval.json").read_text())["eval/bits_per_char"] == pytest.approx(

@@ -15,9 +15,9 @@ from sparsity import NMLinear
 
 @pytest.mark.parametrize("name", sorted(set(models.MODELS) - {"lm"}))
 def test_every_image_model_maps_images_to_logits(name):
-  model = models.build(ml_collections.ConfigDict({"name": name}), LayerFactory(),
-                       input_shape=(28, 28, 1), num_classes=10, seed=0)
-  assert model(jnp.ones((3, 28, 28, 1))).shape == (3, 10)
+  logits = nnx.eval_shape(lambda: models.build(ml_collections.ConfigDict({"name": name}), LayerFactory(),
+                                               input_shape=(28, 28, 1), num_classes=10, seed=0)(jnp.ones((3, 28, 28, 1))))
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("layers", [{"type": "dense"}, {"type": "nm", "n": 1, "m": 4}])
@@ -88,8 +88,8 @@ def test_vit_rejects_a_patch_that_does_not_divide_the_image():
     ({"name": "vgg"}, (32, 32, 3), 10, 20_560_330),  # Pufferfish's CIFAR VGG-19-BN.
 ])
 def test_resnets_and_vgg_have_the_reference_models_parameters(model, input_shape, classes, params):
-  built = models.build(ml_collections.ConfigDict(model), LayerFactory(),
-                       input_shape=input_shape, num_classes=classes, seed=0)
+  built = nnx.eval_shape(lambda: models.build(ml_collections.ConfigDict(model), LayerFactory(),
+                                              input_shape=input_shape, num_classes=classes, seed=0))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param))) == params
   statistics = nnx.state(built, nnx.BatchStat)
   assert len(jax.tree.leaves(statistics)) == 2 * (20 if model.get("depth") == 18 else 36 if model.get("depth") == 34
@@ -104,7 +104,7 @@ def test_low_rank_and_nm_reach_every_convolution_of_a_resnet(layers):
   kinds = {type(m).__name__ for _, m in nnx.iter_graph(model) if type(m).__name__.endswith(("Conv", "Linear"))}
   expected = {"lowrank": {"Conv", "LowRankConv", "LowRankLinear"}, "nm": {"Conv", "NMConv", "NMLinear"}}
   assert kinds == expected[layers["type"]]
-  assert model(jnp.ones((2, 32, 32, 3))).shape == (2, 10)
+  assert nnx.eval_shape(lambda m: m(jnp.ones((2, 32, 32, 3))), model).shape == (2, 10)
   if layers["type"] == "nm":  # Counting its N:M multiply-accumulates traces a copy: BatchNorm's statistics stay.
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     macs = sparsity.layers.forward_macs(model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))

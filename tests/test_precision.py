@@ -14,6 +14,7 @@ from configs import fmnist_mlp_dense
 from experiment import build
 from experiment.config import ConfigError
 from experiment import methods
+from tests.conftest import saved_state, train_here
 
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 
@@ -138,3 +139,14 @@ def test_compute_dtype_is_checked_and_reaches_the_model():
   model = build.model(config)
   assert model.head.dtype == BF16 and param_dtypes(model) == {F32}
   assert model(jnp.zeros((2, 28, 28, 1))).dtype == F32
+
+
+def test_a_bfloat16_run_trains_and_saves_float32_state(tiny_data, tmp_path):
+  """Through train.train (the command line's run): Maestro's low-rank layers computing in bfloat16 learn the task,
+  and the checkpoint holds float32 parameters and optimizer moments."""
+  workdir = tmp_path / "run"
+  final = train_here("configs/fmnist_mlp_maestro.py:smoke", workdir, {**tiny_data, "compute_dtype": "bfloat16"})
+  assert final["step"] == 20 and np.isfinite(final["train/loss"]) and final["eval/accuracy"] > 0.5
+  state = saved_state(workdir, 20)
+  floats = {path: leaf.dtype for path, leaf in state.items() if np.issubdtype(leaf.dtype, np.floating)}
+  assert any("['mu']" in path for path in floats) and set(floats.values()) == {np.dtype(np.float32)}

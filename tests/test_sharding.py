@@ -175,7 +175,7 @@ print(kernel.addressable_shards[0].data.shape, mu.addressable_shards[0].data.sha
 """
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
                        env={**os.environ, **EIGHT}, timeout=SUBPROCESS_TIMEOUT)
-  assert out.stdout.split("\n")[-2] == "(128, 1024) (128, 1024) 8"
+  assert out.stdout.split("\n")[-2] == "(8, 64) (8, 64) 8"  # fc2 (64 x 64) and its Adam moment, split 8 ways.
 
 
 def _two_processes(name: str, workdir, tiny_data, sigterm_after: int | None = None, **extra) -> list[str]:

@@ -17,14 +17,14 @@ from sparsity.training import nm_layers
 from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot, train_here
 from experiment.step import make_train_step
 
-VIT_SDGF = "configs/fmnist_vit_nm.py:smoke,method=sdgf,n=1,m=8"
+SDGF = "configs/fmnist_mlp_nm.py:smoke,method=sdgf,n=1,m=8"
 PHASES = {"nm.sdgf_decay": True, "nm.dense_warmup": 0.2, "nm.finetune": 0.2}  # 20 steps: 4 dense, 12 sparse, 4 fine-tune.
 
 
 @pytest.fixture(scope="module")
 def sdgf_run(tmp_path_factory, tiny_data):
   workdir = tmp_path_factory.mktemp("sdgf") / "run"
-  train_here(VIT_SDGF, workdir, {**tiny_data, **PHASES, "log_every": 1, "nm.decay_coef": 0.1})
+  train_here(SDGF, workdir, {**tiny_data, **PHASES, "log_every": 1, "nm.decay_coef": 0.1})
   return workdir
 
 
@@ -43,11 +43,11 @@ def test_phases_frames_alpha_and_one_compilation_per_frame(sdgf_run):
   compiles = [rows[s]["compiles/train_step"] for s in range(1, 21)]
   assert compiles == [1] * 4 + [2] * 3 + [3] * 3 + [4] * 3 + [5] * 3 + [6] * 4
   # Sparsity follows the mask in use: 0 while dense, 1 - n/m after.
-  assert rows[4]["sparsity/block0/mlp/fc1"] == 0
-  assert rows[5]["sparsity/block0/mlp/fc1"] == pytest.approx(1 - 7 / 8)
-  assert rows[8]["sparsity/block0/mlp/fc1"] == pytest.approx(1 - 4 / 8)
-  assert rows[20]["sparsity/block1/attn/query"] == pytest.approx(1 - 1 / 8)
-  assert 0 < rows[20]["sparsity/total"] < 7 / 8  # patch_embed, head, norms stay dense.
+  assert rows[4]["sparsity/fc1"] == 0
+  assert rows[5]["sparsity/fc1"] == pytest.approx(1 - 7 / 8)
+  assert rows[8]["sparsity/fc1"] == pytest.approx(1 - 4 / 8)
+  assert rows[20]["sparsity/fc2"] == pytest.approx(1 - 1 / 8)
+  assert 0 < rows[20]["sparsity/total"] < 7 / 8  # The head and the biases stay dense.
   assert rows[8]["nm/flip_rate"] > 0.2 > rows[20]["nm/flip_rate"]  # The 7:8 -> 4:8 switch flips many entries.
   assert rows[20]["nm/grad_norm_pruned"] > 0 and rows[20]["nm/grad_norm_kept"] > 0
   assert (sdgf_run / "plots" / "sparsity.png").stat().st_size > 0
@@ -141,9 +141,9 @@ def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   assert 0 < first["nm/flip_rate"] < 0.25  # Changes since the initial mask (not since an all-dense one: 0.5).
   report = json.loads((workdir / "eval.json").read_text())
   sizes = report["export"]["bytes"]
-  # fc1 (784 x 1024) and fc2 (1024 x 1024) at 2:4: half the fp32 values plus a byte per kept entry.
-  assert sizes["nm_kernels_dense"] == 4 * (784 + 1024) * 1024
-  assert sizes["nm_kernels_packed"] == (784 + 1024) * 1024 // 2 * 5
+  # fc1 (784 x 64) and fc2 (64 x 64) at 2:4: half the fp32 values plus a byte per kept entry.
+  assert sizes["nm_kernels_dense"] == 4 * (784 + 64) * 64
+  assert sizes["nm_kernels_packed"] == (784 + 64) * 64 // 2 * 5
   assert "N:M kernels (bytes)" in out.stdout
   run("eval.py", f"--exported={export}")
   standalone = json.loads((export / "eval.json").read_text())

@@ -16,7 +16,7 @@ def test_smoke_run_writes_metrics_checkpoints_plots_and_evaluates(tmp_path, tiny
   workdir = tmp_path / "run"
   result = run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides=tiny_data)
   rows = metrics.read(workdir / "metrics.jsonl")
-  assert rows[0] == {"step": 0, "params/total": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10}
+  assert rows[0] == {"step": 0, "params/total": 784 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10}
   assert [r["step"] for r in rows[1:]] == [5, 10, 15, 20]
   assert {"train/loss", "train/accuracy", "train/grad_norm", "train/learning_rate"} <= rows[1].keys()
   assert all("eval/accuracy" in r for r in rows if r["step"] in (10, 20))
