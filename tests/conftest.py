@@ -56,10 +56,18 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
   return {"dataset.idx_dir": str(idx_dir), "dataset.data_dir": str(data_dir), **TINY_SPLITS}
 
 
+# XLA's CPU backend without LLVM's optimizations: the same computations, compiled in about a third less time
+# (compilation is most of a test's run on tiny models), run a little slower.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def pytest_configure(config) -> None:
-  """One persistent JAX compilation cache for the whole session: this process, its xdist workers (which inherit
-  the environment) and every train.py they start, so a computation compiled once is read back after (the
-  compile counters count both; experiment/step.py). Fresh each session, removed at its end."""
+  """XLA_FLAGS with TEST_XLA_FLAGS, and one persistent JAX compilation cache for the whole session: this process,
+  its xdist workers (which inherit the environment) and every train.py they start, so a computation compiled once
+  is read back after (the compile counters count both; experiment/step.py). Fresh each session, removed at its
+  end."""
+  if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     folder = tempfile.mkdtemp(prefix="jax_cache_")
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
@@ -73,6 +81,11 @@ def pytest_configure(config) -> None:
 def pytest_xdist_auto_num_workers(config) -> int:
   """`-n auto`: the cores this process may run on (psutil would count physical cores, not the affinity mask)."""
   return len(os.sched_getaffinity(0))
+
+
+def host_devices(count: int) -> dict[str, str]:
+  """The environment of a process that sees `count` CPU devices."""
+  return {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"}
 
 
 SUBPROCESS_TIMEOUT = 600  # Seconds any subprocess of a test may take (pyproject's per-test limit is 900).

@@ -7,7 +7,7 @@ import train
 from configs import fmnist_mlp_dense
 from data import DataError
 from experiment.config import ConfigError
-from tests.conftest import assert_one_line_error, run, snapshot
+from tests.conftest import assert_one_line_error, host_devices, run, snapshot
 
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 
@@ -65,7 +65,7 @@ def test_bad_config_value(case, tiny_data, existing_workdir):
 def test_batch_not_divisible_by_devices(tiny_data, existing_workdir):
   result = run("train.py", "--config", SMOKE, "--workdir", str(existing_workdir),
                overrides={**tiny_data, "batch_size": 33},
-               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, check=False)
+               env=host_devices(2), check=False)
   assert_one_line_error(result, "config.batch_size")
   assert "2 devices" in result.stderr
 

@@ -1,7 +1,8 @@
 """Property-based (hypothesis) bad input for eval.py's and sweep.py's flags:
-one to three flags set to generated values, valid and not. Each command either
-succeeds, or exits with one line naming a flag it was given, without a
-traceback, and leaves the runs it read as they were.
+one to three flags set to generated values, each case knowing whether it is
+valid. A valid case succeeds; an invalid one exits with one line naming an
+invalid flag it was given. Neither prints a traceback or changes the runs it
+read.
 
 The default suite runs a fixed (derandomized) handful of each; `pytest -m slow
 -k flag_fuzz` runs many more random ones.
@@ -20,33 +21,58 @@ from tests.test_sweeps import _sweep_config
 RUN = {"num_steps": 4, "log_every": 2, "eval_every": 4, "checkpoint_every": 2, "dataset.eval_limit": 64}
 OUTPUTS = ("eval.json", "eval_metrics.jsonl", "plots/rank_sweep.png")  # What eval.py may add to a run's folder.
 
-EVAL_FLAGS = {
-    "step": st.sampled_from([2, 4, 3, 0, -1, "latest"]),
-    "ema": st.booleans(),
-    "rank_fractions": st.sampled_from(["1,0.5", "0.25", "0", "1.5", "half", ",", "nan"]),
-    "svd_of": st.sampled_from(["<dense>", "<maestro>", "<missing>", ""]),
-    "macs_budget": st.sampled_from([0.5, 1.0, 0.0, -1.0, 2.0, "nan", "inf"]),
-    "search_examples": st.sampled_from([16, 1, 0, -5]),
-    "export": st.sampled_from(["<new>", "<file>", ""]),
-    "exported": st.sampled_from(["<missing>", "<maestro>"]),
-    "sample": st.sampled_from(["The", ""]),
-    "sample_length": st.sampled_from([5, 0, -1]),
-    "temperature": st.sampled_from([0.8, 0.0, -1.0, "nan"]),
-    "watch": st.booleans(),
-    "watch_interval": st.sampled_from([0.1, 0.0, -1.0, "nan"]),
+valid = lambda *values: st.sampled_from(values).map(lambda v: (v, True))  # (value, whether it is valid on its own)
+invalid = lambda *values: st.sampled_from(values).map(lambda v: (v, False))
+either = lambda good, bad: st.one_of(valid(*good), invalid(*bad))
+EVAL_FLAGS = {  # Of the Maestro run (checkpoints at steps 2 and 4, an EMA).
+    "step": either([2, 4], [3, 0, -1, "latest"]),
+    "ema": valid(True, False),
+    "rank_fractions": either(["1,0.5", "0.25"], ["0", "1.5", "half", ",", "nan"]),
+    "svd_of": either(["<dense>", ""], ["<maestro>", "<missing>"]),  # "": none.
+    "macs_budget": either([0.5, 1.0], [0.0, -1.0, 2.0, "nan", "inf"]),
+    "search_examples": valid(16, 1, 0, -5),  # Read with --macs_budget only (eval_invalid).
+    "export": either(["<new>", ""], ["<file>"]),
+    "exported": invalid("<missing>", "<maestro>"),
+    "sample": invalid("The", ""),  # The run is no language model.
+    "sample_length": valid(5, 0, -1),  # Read with --sample only.
+    "temperature": valid(0.8, 0.0, -1.0, "nan"),
+    "watch": valid(True, False),
+    "watch_interval": valid(0.1, 0.0, -1.0, "nan"),  # Read with --watch only (eval_invalid).
 }
-SWEEP_FLAGS = {
-    "workers": st.sampled_from([1, 2, 0, -1, "two"]),
-    "only": st.sampled_from(["dense", "bogus", "dense,bogus", ","]),
-    "seeds": st.sampled_from(["0", "1", "x", "-1", "0,0", ","]),
-    "set": st.sampled_from(["wandb.mode=disabled", "log_every=1", "novalue", "layers.bogus=1", "=1",
-                            "num_steps=many"]),
-    "list": st.booleans(),
-    "emit": st.sampled_from(["slurm", "bash"]),
-    "slurm_args": st.sampled_from(["--time=1:00:00", "'unclosed", "gres"]),
-    "config": st.sampled_from(["<missing>", "configs/fmnist_mlp_dense.py", "<file>"]),
-    "folder": st.sampled_from(["<file>", "<new>"]),
+WATCH_EXCLUDES = ("step", "ema", "rank_fractions", "svd_of", "macs_budget", "export", "exported", "sample")
+
+
+def eval_invalid(drawn: dict) -> list[str]:
+  """The flags of a case that make it invalid: on their own, or with the others."""
+  values = {n: v for n, (v, _) in drawn.items()}
+  if values.get("watch"):  # --watch takes --workdir and --watch_interval > 0 only.
+    interval = values.get("watch_interval", 5.0)
+    bad = [n for n in WATCH_EXCLUDES if n in values]
+    return ["watch", *bad] if bad or not float(interval) > 0 else []
+  bad = [n for n, (_, ok) in drawn.items() if not ok]
+  if "macs_budget" in bad or ("macs_budget" in values and not int(values.get("search_examples", 1000)) >= 1):
+    bad += ["macs_budget", "search_examples"]
+  return bad
+
+
+SWEEP_FLAGS = {  # Of a sweep of one dense run, seed 0.
+    "workers": either([1, 2], [0, -1, "two"]),
+    "only": either(["dense"], ["bogus", "dense,bogus", ","]),
+    "seeds": either(["0", "0,0"], ["1", "x", "-1", ","]),
+    "set": either(["wandb.mode=disabled", "log_every=1"], ["novalue", "layers.bogus=1", "=1", "num_steps=many"]),
+    "list": valid(True, False),
+    "emit": either(["slurm"], ["bash"]),
+    "slurm_args": either(["--time=1:00:00"], ["'unclosed", "gres"]),  # Only with --emit=slurm (sweep_invalid).
+    "config": invalid("<missing>", "configs/fmnist_mlp_dense.py", "<file>"),  # The last two: no get_sweep().
+    "folder": either(["<new>"], ["<file>"]),
 }
+
+
+def sweep_invalid(drawn: dict) -> list[str]:
+  bad = [n for n, (_, ok) in drawn.items() if not ok]
+  if "slurm_args" in drawn and drawn.get("emit", ("", True))[0] != "slurm":
+    bad.append("slurm_args")
+  return bad
 
 
 def flag(name: str, value, paths: dict) -> str:
@@ -55,19 +81,22 @@ def flag(name: str, value, paths: dict) -> str:
   return f"--{name}={paths.get(value, value)}"
 
 
-def check(script: str, base: list[str], given_flags: dict, paths: dict, kept: list[pathlib.Path]) -> str:
-  """How `script` ended with `given_flags`: "ok" or its error line; `kept` folders must be as they were (but for
+def check(script: str, base: list[str], given_flags: dict, bad: list[str], paths: dict,
+          kept: list[pathlib.Path]) -> str:
+  """How `script` ended with `given_flags`: "ok" or its error line. A case without `bad` (invalid) flags must
+  succeed; one with must fail with one line naming one of them. The `kept` folders stay as they were (but for
   eval.py's outputs)."""
   before = [_without_outputs(snapshot(k)) for k in kept]
   result = run(script, *base, *(flag(n, v, paths) for n, v in given_flags.items()), check=False)
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   assert [_without_outputs(snapshot(k)) for k in kept] == before, "a command changed a run it read"
-  if result.returncode == 0:
+  if not bad:
+    assert result.returncode == 0, f"valid flags refused: {result.stderr[-3000:]}"
     return "ok"
+  assert result.returncode != 0, f"succeeded with invalid {bad}"
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error:"), result.stderr[-3000:]
-  named = any(f"--{n}" in last for n in given_flags) or "--workdir" in last
-  assert named, f"names none of {sorted(given_flags)}: {last}"
+  assert any(f"--{n}" in last for n in bad), f"names none of the invalid {bad}: {last}"
   return last
 
 
@@ -81,8 +110,8 @@ def fuzz(strategies: dict, one_case, **options) -> None:
   @settings(deadline=None, database=None, suppress_health_check=list(HealthCheck), **options)
   @given(st.lists(st.sampled_from(sorted(strategies)), min_size=1, max_size=3, unique=True).flatmap(
       lambda names: st.fixed_dictionaries({n: strategies[n] for n in names})))
-  def succeed_or_fail_with_one_line(given_flags):
-    outcomes.append((given_flags, one_case(given_flags)))
+  def succeed_or_fail_with_one_line(drawn):
+    outcomes.append((drawn, one_case(drawn)))
 
   succeed_or_fail_with_one_line()
   print(f"\n{len(outcomes)} cases: {sum(o == 'ok' for _, o in outcomes)} ran")
@@ -105,24 +134,27 @@ def runs(tiny_data, tmp_path_factory) -> dict[str, str]:
 
 
 def eval_case(runs: dict):
-  def one_case(given_flags: dict) -> str:
+  def one_case(drawn: dict) -> str:
+    given_flags = {n: v for n, (v, _) in drawn.items()}
     with tempfile.TemporaryDirectory() as tmp:
       paths = {**runs, "<new>": f"{tmp}/export"}
       base = [] if "exported" in given_flags else ["--workdir", runs["<maestro>"]]
       kept = [pathlib.Path(runs["<maestro>"]), pathlib.Path(runs["<dense>"])]
-      return check("eval.py", base, given_flags, paths, kept)
+      return check("eval.py", base, given_flags, eval_invalid(drawn), paths, kept)
   return one_case
 
 
 def sweep_case(tiny_data: dict, root: pathlib.Path):
   config = _sweep_config(root, tiny_data, "fmnist_mlp_dense", [dict(name="dense", overrides={"num_steps": 2})], (0,))
 
-  def one_case(given_flags: dict) -> str:
+  def one_case(drawn: dict) -> str:
+    given_flags = {n: v for n, (v, _) in drawn.items()}
     with tempfile.TemporaryDirectory() as tmp:
       (pathlib.Path(tmp) / "a_file").write_text("not a folder")
       paths = {"<missing>": f"{tmp}/missing.py", "<file>": f"{tmp}/a_file", "<new>": f"{tmp}/sweep"}
       base = [f"--config={config}", f"--folder={tmp}/sweep"]
-      return check("sweep.py", [b for b in base if b.split("=")[0][2:] not in given_flags], given_flags, paths, [])
+      return check("sweep.py", [b for b in base if b.split("=")[0][2:] not in given_flags], given_flags,
+                   sweep_invalid(drawn), paths, [])
   return one_case
 
 

@@ -255,3 +255,32 @@ def test_distillation_is_ce_full_plus_ce_sampled_against_the_stopped_full_softma
   grads = nnx.grad(lambda m: hooks.loss(m, jnp.int32(1), jax.random.key(0), forward)[0])(model)
   expected_grads = nnx.grad(by_hand)(model)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, expected_grads)
+
+
+def test_a_batch_norm_resnet_shrinks_and_recalibrates_its_statistics():
+  """A low-rank ResNet-18 (BatchNorm) shrunk by Maestro's `slice_to` has fewer parameters; `recalibrate` then sets
+  every BatchNorm's statistics to the mean of the batches' own, checked by hand for the stem (a dense convolution)
+  and for the first block's BatchNorm (after a shrunk convolution)."""
+  import ml_collections
+
+  import models
+  from experiment import evaluation, methods
+  model = models.build(ml_collections.ConfigDict({"name": "resnet", "depth": 18, "width": 4}),
+                       methods.layer_factory({"type": "lowrank", "keep_dense": ("stem",)}, jnp.float32),
+                       input_shape=(8, 8, 3), num_classes=10, seed=0)
+  count = lambda: sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  full = count()
+  maestro.slice_to(model, {name: max(1, rank // 2) for name, rank in maestro.ranks(model).items()})
+  assert count() < full and maestro.ranks(model)["stage1/block1/conv1"] == 2
+
+  rng = np.random.default_rng(0)
+  batches = [{"inputs": rng.normal(size=(8, 8, 8, 3)).astype(np.float32)} for _ in range(2)]
+  assert evaluation.recalibrate(model, batches, put=lambda batch: batch) == 2
+  stem = [model.stem.conv(jnp.asarray(b["inputs"])) for b in batches]
+  norm = model.stem.norm  # Measuring, each BatchNorm normalizes by the batch's statistics (training mode).
+  normalized = [(y - y.mean((0, 1, 2))) / jnp.sqrt(y.var((0, 1, 2)) + norm.epsilon) * norm.scale[...] + norm.bias[...]
+                for y in stem]
+  block = [model.blocks[0].convs[0].conv(jax.nn.relu(y)) for y in normalized]
+  for norm, outputs in ((model.stem.norm, stem), (model.blocks[0].convs[0].norm, block)):
+    np.testing.assert_allclose(norm.mean[...], np.mean([y.mean((0, 1, 2)) for y in outputs], 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(norm.var[...], np.mean([y.var((0, 1, 2)) for y in outputs], 0), rtol=1e-4, atol=1e-5)

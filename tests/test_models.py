@@ -135,6 +135,7 @@ def test_a_dense_resnet_switches_to_its_full_rank_svd_with_the_same_outputs():
     (dict(dim=768, num_heads=12, mlp_dim=3072), 86_567_656),  # timm's deit_base_patch16_224 (ViT-B/16).
 ])
 def test_vits_with_a_class_token_have_the_reference_models_parameters(size, params):
-  built = models.build(ml_collections.ConfigDict(dict(name="vit", patch=16, depth=12, pool="cls", **size)),
-                       LayerFactory(), input_shape=(224, 224, 3), num_classes=1000, seed=0)
+  built = nnx.eval_shape(lambda: models.build(ml_collections.ConfigDict(dict(name="vit", patch=16, depth=12, pool="cls",
+                                                                               **size)),
+                                              LayerFactory(), input_shape=(224, 224, 3), num_classes=1000, seed=0))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param))) == params

@@ -18,9 +18,8 @@ from jax._src import clusters
 from jax.sharding import PartitionSpec as P
 
 from experiment import metrics, sharding
-from tests.conftest import ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, run, wait_until
+from tests.conftest import ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, host_devices, run, wait_until
 
-EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 TOLERANCE = 1e-3  # Relative, per logged step: the order of the cross-device float32 sums differs, and training
 # amplifies it (measured: ≤ 5e-6 on the dense losses, up to 2.3e-4 on Maestro's gradient norm by step 17).
 RUNS = {
@@ -147,7 +146,7 @@ def one_device(tiny_data, tmp_path_factory):
 def test_eight_devices_follow_the_one_device_trajectory(name, layout, one_device, tiny_data, tmp_path_factory):
   one = one_device(name)
   eight = tmp_path_factory.mktemp("eight") / name
-  rows = _train(name, eight, tiny_data, env=EIGHT, sharding=layout)
+  rows = _train(name, eight, tiny_data, env=host_devices(8), sharding=layout)
   print(f"{name} {layout}: largest relative loss difference {_assert_same_trajectory(one, rows):.2g}")
   assert rows[-1]["compiles/train_step"] == one[-1]["compiles/train_step"]  # Sharding adds no recompilation.
   if name == "maestro":  # Checkpoints restore onto another device count: the shrunk, FSDP-sharded state on 1.
@@ -174,7 +173,7 @@ mu = opt["opt_state"][1][0]["mu"]["hidden"][1]["kernel"][...]
 print(kernel.addressable_shards[0].data.shape, mu.addressable_shards[0].data.shape, len(kernel.addressable_shards))
 """
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
-                       env={**os.environ, **EIGHT}, timeout=SUBPROCESS_TIMEOUT)
+                       env={**os.environ, **host_devices(8)}, timeout=SUBPROCESS_TIMEOUT)
   assert out.stdout.split("\n")[-2] == "(8, 64) (8, 64) 8"  # fc2 (64 x 64) and its Adam moment, split 8 ways.
 
 
@@ -188,7 +187,7 @@ def _two_processes(name: str, workdir, tiny_data, sigterm_after: int | None = No
   cmd = [sys.executable, "train.py", "--config", config, "--workdir", str(workdir),
          *(f"--config.{k}={v}" for k, v in {**tiny_data, "log_every": 1, **overrides, **extra}.items())]
   procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "XLA_FLAGS": "", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                            env={**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                                  "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
   if sigterm_after is not None:
     log = workdir / "metrics.jsonl"
@@ -203,7 +202,7 @@ def _two_processes(name: str, workdir, tiny_data, sigterm_after: int | None = No
 
 @pytest.mark.slow  # The FSDP test below runs 2 processes too, with shrinking and a SIGTERM.
 def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
-  one = _train("dense", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  one = _train("dense", tmp_path / "one", tiny_data, env=host_devices(2))
   _two_processes("dense", tmp_path / "two", tiny_data)
   rows = metrics.read(tmp_path / "two" / "metrics.jsonl")  # Written by process 0 only.
   print(f"2 processes: largest relative loss difference {_assert_same_trajectory(one, rows):.2g}")
@@ -213,7 +212,7 @@ def test_two_processes_match_one_process_with_two_devices(tiny_data, tmp_path):
 def test_two_processes_fsdp_shrink_and_sigterm(tiny_data, tmp_path):
   """Maestro with FSDP over 2 processes, shrinking on sharded arrays; a SIGTERM to process 1 alone stops both
   after the same step with a checkpoint, and the resumed run follows 1 process with 2 devices."""
-  one = _train("maestro", tmp_path / "one", tiny_data, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+  one = _train("maestro", tmp_path / "one", tiny_data, env=host_devices(2),
                sharding="fsdp")
   workdir = tmp_path / "two"
   errs = _two_processes("maestro", workdir, tiny_data, sigterm_after=8, sharding="fsdp")

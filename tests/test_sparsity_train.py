@@ -12,6 +12,7 @@ from flax import nnx
 import sparsity
 from configs import fmnist_mlp_nm
 from experiment import build, metrics, sharding
+from experiment.config import ConfigError
 from experiment import methods
 from sparsity.training import nm_layers
 from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot, train_here
@@ -184,9 +185,10 @@ def test_bad_config_argument(existing_workdir):
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_nm_config(case, tiny_data, existing_workdir):
+  """train.train in this process: the ConfigError the command line prints as its one line (tests/test_bad_input.py)."""
   overrides, field = BAD[case]
   before = snapshot(existing_workdir)
-  result = run("train.py", "--config", "configs/fmnist_mlp_nm.py:smoke", "--workdir", str(existing_workdir),
-               overrides={**tiny_data, **overrides}, check=False)
-  assert_one_line_error(result, field)
+  with pytest.raises(ConfigError) as error:
+    train_here("configs/fmnist_mlp_nm.py:smoke", existing_workdir, {**tiny_data, **overrides})
+  assert field in str(error.value) and "\n" not in str(error.value), str(error.value)
   assert snapshot(existing_workdir) == before

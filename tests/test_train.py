@@ -36,14 +36,14 @@ def test_smoke_run_writes_metrics_checkpoints_plots_and_evaluates(tmp_path, tiny
   assert missing.returncode != 0 and "available steps: [10, 20]" in missing.stderr
 
 
-def test_epochs_are_steps_of_the_train_splits_real_size(tmp_path, tiny_data):
+def test_epochs_are_steps_of_the_train_splits_real_size(tmp_path, tiny_data, capsys):
   """num_epochs and the other *_epochs count the train split a run reads (here 224 examples in batches of 32: 7
   steps an epoch), whatever size the config file assumed; the saved config is in steps."""
   workdir = tmp_path / "run"
   epochs = {"num_steps": 0, "num_epochs": 2.0, "eval_every": 0, "eval_every_epochs": 1.0, "checkpoint_every": 0,
             "checkpoint_every_epochs": 0.5, "log_every": 7}
-  result = run("train.py", "--config", SMOKE, "--workdir", str(workdir), overrides={**tiny_data, **epochs})
-  assert "num_epochs=2 -> num_steps=14" in result.stderr
+  train_here(SMOKE, workdir, {**tiny_data, **epochs})
+  assert "num_epochs=2 -> num_steps=14" in capsys.readouterr().err
   saved = json.loads((workdir / "config.json").read_text())
   assert (saved["num_steps"], saved["eval_every"], saved["checkpoint_every"], saved["num_epochs"]) == (14, 7, 4, 0)
   assert [r["step"] for r in metrics.read(workdir / "metrics.jsonl") if "eval/accuracy" in r] == [7, 14]
@@ -99,10 +99,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
   bad_step = int(error.split("at step ")[1].split(";")[0])
   # Metrics stay on the device between log steps: with no checkpoint before the log step (5), the run still names
   # the first non-finite step and metric, and saves nothing.
-  later = run("train.py", "--config", SMOKE, "--workdir", str(tmp_path / "later"),
-              overrides={**overrides, "checkpoint_every": 10}, check=False)
-  assert later.returncode != 0 and later.stderr.strip().splitlines()[-1].split(";")[0] == error.split(";")[0]
-  assert "no checkpoint was written" in later.stderr and not (tmp_path / "later" / "checkpoints" / "5").exists()
+  import train
+  with pytest.raises(train.NonFinite) as later:  # In this process: what the command line prints as its line.
+    train_here(SMOKE, tmp_path / "later", {**overrides, "checkpoint_every": 10})
+  assert f"error: {later.value}".split(";")[0] == error.split(";")[0]
+  assert "no checkpoint was written" in str(later.value) and not (tmp_path / "later" / "checkpoints" / "5").exists()
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and max(saved) < bad_step
   for leaf in saved_state(workdir, max(saved)).values():
