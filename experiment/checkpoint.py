@@ -59,6 +59,7 @@ class Checkpoints:
                                              lightweight_initialize=keep is None))
     self._writing: tuple[int, threading.Thread] | None = None  # The save in progress and its manifest writer.
     self._failure: CheckpointError | None = None  # Of the save in progress, found by its manifest writer.
+    self._inode = os.stat(workdir).st_ino if keep is not None else None  # The run's folder, to notice its loss.
     if keep is not None:
       sys.unraisablehook = _quiet_closed_event_loops
 
@@ -71,7 +72,7 @@ class Checkpoints:
     the devices; a thread writes its manifest once Orbax has written it. `counters`: the loop's running totals
     (training FLOPs so far). `primary`: the process that writes manifests."""
     self.close()
-    if not self.manager.directory.exists():  # The run's folder removed: Orbax would make a new one unnoticed.
+    if self._folder_lost():  # Orbax would write on into a new folder unnoticed.
       raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.manager.directory))
     try:
       self.manager.save(step, args=ocp.args.Composite(
@@ -94,7 +95,13 @@ class Checkpoints:
     except Exception as e:  # noqa: BLE001 - raised by `close`, in the loop's thread.
       self._failure = self._failed(step, e)
 
+  def _folder_lost(self) -> bool:
+    """The run's folder removed or moved away since this run began (a save in flight may have made a new one)."""
+    return not self.manager.directory.exists() or os.stat(self.workdir).st_ino != self._inode
+
   def _failed(self, step: int, error: Exception) -> CheckpointError:
+    if self._inode is not None and self._folder_lost():  # The cause, not Orbax's error about a vanished path.
+      error = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.manager.directory))
     return CheckpointError(machine_failure(f"writing checkpoint {step} to {self.manager.directory}", error,
                                            "run the same command: training resumes from the newest whole checkpoint"))
 

@@ -159,11 +159,11 @@ def sweep_case(tiny_data: dict, root: pathlib.Path):
 
 
 def test_eval_flag_fuzz(runs):
-  fuzz(EVAL_FLAGS, eval_case(runs), max_examples=4, derandomize=True)
+  fuzz(EVAL_FLAGS, eval_case(runs), max_examples=3, derandomize=True)
 
 
 def test_sweep_flag_fuzz(tiny_data, tmp_path):
-  fuzz(SWEEP_FLAGS, sweep_case(tiny_data, tmp_path), max_examples=6, derandomize=True)
+  fuzz(SWEEP_FLAGS, sweep_case(tiny_data, tmp_path), max_examples=4, derandomize=True)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from jax._src import clusters
 from jax.sharding import PartitionSpec as P
 
 from experiment import metrics, sharding
-from tests.conftest import ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, host_devices, run, wait_until
+from tests.conftest import (ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, host_devices, run, train_here,
+                            wait_until)
 
 TOLERANCE = 1e-3  # Relative, per logged step: the order of the cross-device float32 sums differs, and training
 # amplifies it (measured: ≤ 5e-6 on the dense losses, up to 2.3e-4 on Maestro's gradient norm by step 17).
@@ -134,10 +135,17 @@ def _assert_same_trajectory(expected: list[dict], actual: list[dict]) -> float:
 
 @pytest.fixture(scope="module")
 def one_device(tiny_data, tmp_path_factory):
-  """The metrics of each run on 1 device, made once (on first use)."""
+  """The metrics of each run on 1 device (this process), made once (on first use)."""
   made = {}
-  return lambda name: made.get(name) or made.setdefault(name, _train(name, tmp_path_factory.mktemp("one") / name,
-                                                                      tiny_data))
+
+  def get(name: str) -> list[dict]:
+    if name not in made:
+      workdir = tmp_path_factory.mktemp("one") / name
+      train_here(RUNS[name][0], workdir, {**tiny_data, "log_every": 1, **RUNS[name][1]})
+      made[name] = metrics.read(workdir / "metrics.jsonl")
+    return made[name]
+
+  return get
 
 
 @pytest.mark.parametrize("name,layout", [  # Maestro with FSDP also runs over 2 processes below; these: slow.
