@@ -41,7 +41,7 @@ def test_each_paper_config_smoke_trains_on_its_dataset_with_validation_and_test_
 
 
 SHRINKING = {**SHORT, "num_steps": 12, "lowrank.shrink_every": 6, "lowrank.shrink_eps": 0.3, "keep_checkpoints": 5,
-             "checkpoint_every": 3, "recalibrate_batches": 2}
+             "checkpoint_every": 3, "recalibrate_batches": 2, "model.norm": "batch"}  # The config's default: GroupNorm.
 
 
 @pytest.mark.slow  # Two ResNet-18 runs and a resumed one: two minutes on 2 CPU cores.
