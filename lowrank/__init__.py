@@ -1,4 +1,4 @@
-"""Maestro: trainable low-rank ordered decomposition (ALGORITHMS.md part A); Cuttlefish's automatic rank
+"""Maestro: trainable low-rank ordered decomposition (docs/maestro.md); Cuttlefish's automatic rank
 selection (part C, lowrank/cuttlefish.py)."""
 
 import jax.numpy as jnp

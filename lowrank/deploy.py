@@ -1,4 +1,4 @@
-"""Deployment of LoD models (ALGORITHMS.md A6) on models the caller builds:
+"""Deployment of LoD models (docs/maestro.md) on models the caller builds:
 ranks at a fraction, a dense model's truncated SVD copied into an LoD model
 (post-hoc SVD, and the switch after a dense warm-up), a model copied at chosen
 ranks into its exported form, and Maestro's greedy per-layer rank search under

@@ -1,4 +1,4 @@
-"""Hierarchical group lasso and rank importance of one LoD layer (ALGORITHMS.md A4, A5).
+"""Hierarchical group lasso and rank importance of one LoD layer (docs/maestro.md).
 
 `down: (..., r)` (a dense `(in, r)` or a conv `(kh, kw, in, r)` factor) and
 `up: (r, out)`; component `j` is `down[..., j]` with `up[j, :]`.

@@ -1,4 +1,4 @@
-"""Low-rank ordered decomposition (LoD) layers (ALGORITHMS.md A1).
+"""Low-rank ordered decomposition (LoD) layers (docs/maestro.md).
 
 A layer keeps `down` and `up` factors of its current rank `r` (their shapes:
 shrinking slices them) and an `ActiveRank`, a traced integer `k <= r`: the

@@ -1,5 +1,5 @@
 """Maestro training: ordered-dropout rank sampling, the group-lasso penalty
-and progressive shrinking, acting on a model's LoD layers (ALGORITHMS.md A2-A5).
+and progressive shrinking, acting on a model's LoD layers (docs/maestro.md).
 
 `Maestro` is usable from any NNX training loop: its `loss` wraps the loop's
 forward pass inside the jitted step, `host_update` shrinks between steps (see

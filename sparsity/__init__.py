@@ -1,4 +1,4 @@
-"""Progressive gradient flow for N:M sparsity (ALGORITHMS.md part B); N:M-sparse low-rank layers (part D,
+"""Progressive gradient flow for N:M sparsity (docs/nm_sparsity.md); N:M-sparse low-rank layers (docs/nm_sparsity.md,
 sparsity/lowrank.py)."""
 
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""N:M sparse layers (ALGORITHMS.md B1, B2).
+"""N:M sparse layers (docs/nm_sparsity.mdB2).
 
 A layer keeps its dense `kernel` (trained) and a static `Sparsity`: the
 current N:M pattern (None while dense), the gradient rule and whether the mask

@@ -1,4 +1,4 @@
-"""Low rank and N:M in one layer (ALGORITHMS.md D): LoD layers whose factors are N:M-sparse `NMFactor`s, so a
+"""Low rank and N:M in one layer (docs/nm_sparsity.md): LoD layers whose factors are N:M-sparse `NMFactor`s, so a
 deployed layer is both thin and sparse.
 
 Each factor is grouped along the reduction axis of its product, the axis sparse tensor cores group:

@@ -1,4 +1,4 @@
-"""Masks from dense weights (ALGORITHMS.md B1): N:M along one axis, and the
+"""Masks from dense weights (docs/nm_sparsity.md): N:M along one axis, and the
 unstructured magnitude baseline at a given density. True where a weight is kept.
 Ties keep the lower index, so masks are deterministic.
 

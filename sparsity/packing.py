@@ -1,4 +1,4 @@
-"""N:M models packed for deployment (ALGORITHMS.md B1): every N:M kernel
+"""N:M models packed for deployment (docs/nm_sparsity.md): every N:M kernel
 hard-masked and packed as its kept values plus their positions in the group
 (uint8), the layout sparse kernels consume; everything else as it is. The round
 trip is exact. experiment/export.py writes and reads such a model by config.

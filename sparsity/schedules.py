@@ -1,4 +1,4 @@
-"""Schedules of N:M training, pure functions of the step (ALGORITHMS.md B2).
+"""Schedules of N:M training, pure functions of the step (docs/nm_sparsity.md).
 
 Steps count optimizer updates. A run is split into an optional dense warm-up,
 the sparse (decay) phase, and an optional fine-tune with a binary mask and STE;

@@ -1,5 +1,5 @@
 """N:M training: STE, SR-STE, MDGF, SDGF and the unstructured baseline over the
-dense warm-up, sparse and fine-tune phases (ALGORITHMS.md B2).
+dense warm-up, sparse and fine-tune phases (docs/nm_sparsity.md).
 
 The method decides, from the step alone, each N:M layer's `Sparsity` (pattern
 and gradient rule): it changes only at phase and SDGF frame boundaries, each a

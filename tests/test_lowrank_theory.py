@@ -1,4 +1,4 @@
-"""The checks Maestro's theory gives (ALGORITHMS.md A7), on the real layer and sampler.
+"""The checks Maestro's theory gives (docs/maestro.md), on the real layer and sampler.
 
 Thresholds are set from measured values with a margin, and each is far from
 what a wrong method gives (noted beside it), so they can fail. Each test prints

@@ -1,4 +1,4 @@
-"""N:M masks, schedules, gradient rules, layers and packing against ALGORITHMS.md part B."""
+"""N:M masks, schedules, gradient rules, layers and packing against docs/nm_sparsity.md."""
 
 import itertools
 
