@@ -1,4 +1,4 @@
-"""Cuttlefish (Wang et al., MLSys 2023; docs/maestro.md, "Cuttlefish"): train full rank while tracking each layer's stable
+"""Cuttlefish (Wang et al., MLSys 2023; docs/maestro.md): train full rank while tracking each layer's stable
 rank, switch to low rank once every tracked rank has stopped changing, at ranks the stable ranks choose.
 
 As in the reference (hwang595/Cuttlefish, utils.rank_estimation and layer_rank_stable_detector):
