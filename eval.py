@@ -57,11 +57,11 @@ from absl import app, flags, logging
 from flax import nnx
 
 import data
-from experiment import build, evaluation, export, metrics, plots, report, sharding, sweeps
+from experiment import build, evaluation, export, files, metrics, plots, report, sharding, sweeps
 from experiment import config as config_lib
 from experiment import methods
 from experiment import workdir as workdir_lib
-from experiment.checkpoint import Checkpoints
+from experiment.checkpoint import Checkpoints, load_config
 from lowrank import deploy, maestro
 from models import lm
 from sparsity.training import nm_layers
@@ -111,7 +111,7 @@ def restore_train_state(workdir: pathlib.Path, step: int | None, mesh) -> tuple[
   Beside a running train.py, which deletes old checkpoints as it writes new ones, the checkpoint is read from hard
   links to it (`pinned`); one deleted before it was linked (or, without links, while it was read) is read again at
   the newest whole one (`step` None), or is an error naming those left."""
-  config = workdir_lib.load_config(workdir)
+  config = load_config(workdir)
   build.check(config)
   checkpoints = Checkpoints(workdir)
   if step is not None and not checkpoints.is_whole(step):
@@ -218,9 +218,9 @@ def watch(workdir: pathlib.Path, mesh, interval: float) -> None:
     signal.signal(stop, signal.default_int_handler)  # started it in the background made it ignore SIGINT.
   path, last = workdir / "eval_metrics.jsonl", 0
   try:
-    config = workdir_lib.load_config(workdir)
+    config = load_config(workdir)
     rows = metrics.read(path, complete_only=True) if path.exists() else []
-    workdir_lib.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))  # Without a row a kill cut short.
+    files.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))  # Without a row a kill cut short.
     last = rows[-1]["step"] if rows else 0
     test = tester(config, build.datasets(config).test, sharding.batch_placer(mesh, whole=True))
     checkpoints = Checkpoints(workdir)
@@ -350,7 +350,7 @@ def sweep_report(folder: pathlib.Path, mesh) -> None:
       print(f"warning: {notes[-1]}", file=sys.stderr)
     lowrank = report.by_name([r for r in results if r.low_rank]) if dense_model else {}
     for runs in lowrank.values():
-      config = workdir_lib.load_config(runs[0].workdir)
+      config = load_config(runs[0].workdir)
       test = tester(config, build.datasets(config).test, put)
       ranks = {k.removeprefix("rank/"): int(v) for k, v in runs[0].final.items() if k.startswith("rank/")}
       model, result = svd_truncation(dense_model, config, ranks, test)
@@ -428,8 +428,7 @@ def main(argv) -> None:
     check_flags()
     if _EXPORTED.value:
       folder = pathlib.Path(_EXPORTED.value)
-      exported = json.loads((folder / "export.json").read_text())
-      model, config = export.load(folder)
+      model, config, exported = export.load(folder)
       step, workdir = exported["step"], folder
     elif _WORKDIR.value:
       workdir = pathlib.Path(_WORKDIR.value)
@@ -472,7 +471,7 @@ def main(argv) -> None:
       for row in sweep:
         row |= {f"svd_{k}": v for k, v in svd_truncation(baseline, config, row["ranks"], test_cut)[1].items()}
     report["rank_sweep"] = sweep
-    plots.rank_sweep(workdir, sweep, key)
+    plots.rank_sweep(workdir, config, sweep, key)
     rows = [{"rank fraction": r["rank_fraction"], "params": r["params"], "MACs": int(r["macs"]),
              column: r[key], **({"SVD of dense": r[f"svd_{key}"]} if f"svd_{key}" in r else {})} for r in sweep]
 

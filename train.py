@@ -13,6 +13,7 @@ is refused unless --allow_config_change. SIGTERM or Ctrl-C saves a checkpoint
 after the current step and exits 0 (a second Ctrl-C stops at once).
 """
 
+import json
 import math
 import os
 import pathlib
@@ -45,7 +46,8 @@ from experiment import build, evaluation, metrics, plots, sharding, sweeps  # no
 from experiment import config as config_lib  # noqa: E402
 from experiment import methods  # noqa: E402
 from experiment import workdir as workdir_lib  # noqa: E402
-from experiment.checkpoint import CheckpointError, Checkpoints  # noqa: E402
+from experiment import checkpoint as checkpoint_lib  # noqa: E402
+from experiment import files  # noqa: E402
 from experiment.step import count_compilations, flops, make_observe_step, make_train_step  # noqa: E402
 
 IN_FLIGHT = 2  # Train steps dispatched ahead of the one the device has finished.
@@ -86,14 +88,24 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   model = build.model(config, {})  # A fresh start's model and hooks (e.g. dense for a dense warm-up).
   method = methods.build(config, model)
   is_main = jax.process_index() == 0
-  changes = workdir_lib.claim(workdir, config, allow_change=allow_config_change, lock=is_main)
+  if workdir.exists() and not workdir.is_dir():
+    raise config_lib.ConfigError(f"--workdir {workdir} is a file; pass a folder (a new one, or a run's to resume it)")
+  try:
+    saved_config, restored = checkpoint_lib.saved_config(workdir)  # `restored`: from a checkpoint's copy.
+  except files.DamagedFile as e:
+    if not allow_config_change:
+      raise
+    saved_config, restored = None, f"{e.path} is {e.problem}; this run continues with the config passed"
+  if restored:
+    print(f"warning: {restored}", file=sys.stderr)
+  changes = workdir_lib.claim(workdir, config, saved_config, allow_change=allow_config_change, lock=is_main)
   mesh = sharding.mesh()
   put = sharding.batch_placer(mesh)
   place = lambda tree: sharding.place(tree, mesh, config.sharding)
   stopping = _StopWatch(workdir)
 
   compilations = count_compilations()
-  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+  checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints, json.loads(config.to_json_best_effort()))
   batches = data.train_iterator(splits.train, config.batch_size, config.seed, process_index=jax.process_index(),
                                 process_count=jax.process_count(), workers=config.dataset.workers, place=put,
                                 augment=build.dataset(config).augments)
@@ -119,12 +131,12 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     flops_total = counters.get("flops_total", math.nan)  # Unknown for a checkpoint older than the counter.
     batches.set_state(data_state)
     print(f"Resumed from step {start} in {workdir}", file=sys.stderr)
-  if is_main and (start == 0 or changes):
+  if is_main and (start == 0 or changes or restored):  # `restored`: config.json rewritten.
     workdir_lib.save_config(config, workdir, replaced=f"config.before_step_{start}.json" if changes else None)
   if is_main:
     workdir_lib.record_launch(workdir, start, ["python", *sys.argv], sweeps.code_version(), sweeps.machine())
   writer = metrics.MetricsWriter(workdir, config, resume_step=start, enabled=is_main)
-  resumed = metrics.read(writer.path) if is_main and start and writer.path.exists() else []
+  resumed = metrics.read(writer.path) if is_main and start else []
   earlier = [r["time/train_s"] for r in resumed if "time/train_s" in r]
   clock = time.time() - (earlier[-1] if earlier else 0.0)  # Wall time counts on from the resumed run's.
   if start == 0:
@@ -235,21 +247,26 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       checkpoints.close()
       print(f"Stopped by {stopping.by} after step {step}, saved a checkpoint in {workdir}/checkpoints; run the same "
             f"command to resume", file=sys.stderr)
-      return metrics.read(writer.path)[-1] if is_main else {}
+      return (metrics.read(writer.path) or [{}])[-1] if is_main else {}
   bar.close()
   writer.close()
   batches.close()  # Its reading threads and worker processes.
   checkpoints.close()  # The last save's files and manifest written; older checkpoints deleted.
 
+  if start == config.num_steps and multihost_utils.broadcast_one_to_all(  # Resumed finished, its last row lost
+      is_main and not sweeps.completed(resumed, start)):  # (a damaged metrics.jsonl): its evaluation logged again.
+    print(f"warning: {writer.path} has lost the last step's row; evaluated the last checkpoint again and logged it",
+          file=sys.stderr)
+    model = live()[0]
+    writer.write(start, {"params/effective": build.count_params(model), **evaluated(model)})
   if not is_main:
     return {}
-  final = metrics.read(workdir / "metrics.jsonl")[-1]
-  plots.training_curves(workdir)
-  plots.ranks(workdir)
-  plots.sparsity(workdir)
+  final = (metrics.read(workdir / "metrics.jsonl") or [{}])[-1]
+  for plot in (plots.training_curves, plots.ranks, plots.sparsity):
+    plot(workdir, config)
   print(metrics.table([{
       "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
-      "params": int(final["params/effective"]), "steps": config.num_steps,
+      "params": int(final.get("params/effective", params)), "steps": config.num_steps,
       **({"sparsity": final["sparsity/total"]} if "sparsity/total" in final else {}),
       "wall time (s)": round(time.time() - started, 1), "compilations": final.get("compiles/train_step", 0),
       "peak MiB": final.get("memory/device_peak_mib", final.get("memory/host_peak_mib", 0)),
@@ -323,9 +340,11 @@ if __name__ == "__main__":  # The flags only here: train() is also a function ot
   flags.mark_flags_as_required(["config", "workdir"])
   try:
     app.run(main, flags_parser=config_lib.parse_flags)
-  except (OSError, CheckpointError) as e:  # The machine's failure (a full disk, a vanished folder): one line.
-    message = str(e) if isinstance(e, CheckpointError) else workdir_lib.machine_failure(
-        f"accessing {e.filename or _WORKDIR.value}", e,
-        f"run the same command: training resumes from the newest whole checkpoint in {_WORKDIR.value}/checkpoints")
+  except (OSError, checkpoint_lib.CheckpointError) as e:  # The machine's failure (a full disk, a vanished folder): one line.
+    saved = any(pathlib.Path(_WORKDIR.value, "checkpoint_manifests").glob("*.json"))
+    message = str(e) if isinstance(e, checkpoint_lib.CheckpointError) else workdir_lib.machine_failure(
+        f"accessing {e.filename or _WORKDIR.value}", e, "run the same command: " + (
+            f"training resumes from the newest whole checkpoint in {_WORKDIR.value}/checkpoints" if saved else
+            "the run starts again (it had saved no checkpoint)"))
     print(f"\nerror: {message}", file=sys.stderr, flush=True)  # On a line of its own, after a progress bar.
     os._exit(1)  # Without the interpreter's teardown, where Orbax's threads would report the failed write again.

@@ -1,7 +1,8 @@
 """Step-indexed checkpoints (Orbax): the train state, the input iterator's
 position, the method's state (JSON) and the per-step metrics logged since the
 last log step with the loop's running counters (training FLOPs; JSON), so a
-resumed run logs the same values.
+resumed run logs the same values, and a copy of the run's config (JSON), from
+which a damaged config.json is restored (`saved_config`).
 
 Saving is asynchronous: `save` returns once the arrays are copied off the
 devices, and Orbax writes the files while training goes on. A kill can land
@@ -25,11 +26,13 @@ import threading
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from experiment import files
 from experiment.config import ConfigError
-from experiment.workdir import machine_failure, write_atomic
+from experiment.workdir import CONFIG_SCHEMA, machine_failure
 
 
 class CheckpointError(RuntimeError):
@@ -44,13 +47,14 @@ def _quiet_closed_event_loops(unraisable) -> None:
 
 
 class Checkpoints:
-  """`keep`: how many whole checkpoints training keeps; None: only to read (eval.py; it never saves)."""
+  """`keep`: how many whole checkpoints training keeps; None: only to read (eval.py; it never saves). `config`: the
+  run's config, kept with each checkpoint (training)."""
 
-  def __init__(self, workdir: pathlib.Path, keep: int | None = None):
-    self.keep, self.workdir = keep, workdir
+  def __init__(self, workdir: pathlib.Path, keep: int | None = None, config: dict | None = None):
+    self.keep, self.workdir, self.config = keep, workdir, config
     self.manifests = workdir / "checkpoint_manifests"
     self.manager = ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(), item_names=("state", "data", "method", "window"),
+        (workdir / "checkpoints").absolute(), item_names=("state", "data", "method", "window", "config"),
         options=ocp.CheckpointManagerOptions(create=keep is not None,
                                              cleanup_tmp_directories=keep is not None,  # Of a save a kill cut short.
                                              enable_async_checkpointing=keep is not None,
@@ -78,8 +82,8 @@ class Checkpoints:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
           method=ocp.args.JsonSave(method_state),
-          window=ocp.args.JsonSave({"steps": list(window), "counters": dict(counters)})))  # Written later, when the loop has appended to
-      # `window`: a copy of it as it is now.
+          window=ocp.args.JsonSave({"steps": list(window), "counters": dict(counters)}),  # Written later, when the
+          config=ocp.args.JsonSave(self.config)))  # loop has appended to `window`: a copy of it as it is now.
     except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise several kinds for a failed write.
       raise self._failed(step, e) from None
     self._writing = (step, threading.Thread(target=self._write_manifest, args=(step, primary), daemon=True))
@@ -90,7 +94,7 @@ class Checkpoints:
       self.manager.wait_until_finished()
       if primary:
         self.manifests.mkdir(exist_ok=True)
-        write_atomic(self.manifests / f"{step}.json",
+        files.write_atomic(self.manifests / f"{step}.json",
                      json.dumps(_file_digests(self._folder(step)), indent=0, sort_keys=True))
     except Exception as e:  # noqa: BLE001 - raised by `close`, in the loop's thread.
       self._failure = self._failed(step, e)
@@ -136,7 +140,8 @@ class Checkpoints:
         aside.parent.mkdir(exist_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
         self._folder(step).rename(aside)
-        (self.manifests / f"{step}.json").unlink(missing_ok=True)
+        if (self.manifests / f"{step}.json").exists():
+          (self.manifests / f"{step}.json").rename(aside.with_name(f"{step}.manifest.json"))
         self.manager.reload()
         message += f"; moved it to {aside}"
       warnings.append(message)
@@ -157,9 +162,11 @@ class Checkpoints:
     if not manifest.is_file():
       return "no manifest: the run was stopped while writing it"
     try:
-      expected = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
-      return f"{manifest} is unreadable"
+      expected = files.read_json(manifest, {}, "")
+    except files.DamagedFile as e:
+      return f"its manifest {manifest} is {e.problem}"
+    if not expected or not all(map(_manifest_entry, expected.values())):
+      return f"its manifest {manifest} is damaged (not sizes and checksums)"
     folder = self._folder(step)
     found = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
     for name, recorded in sorted(expected.items()):
@@ -174,6 +181,12 @@ class Checkpoints:
 
   def _folder(self, step: int) -> pathlib.Path:
     return pathlib.Path(self.manager.directory) / str(step)
+
+  def config_copy(self, step: int) -> dict | None:
+    """The run's config kept with checkpoint `step` (None in a checkpoint older than that copy)."""
+    if not (self._folder(step) / "config").is_dir():
+      return None
+    return self._restore(step, config=ocp.args.JsonRestore()).config
 
   def restore_method(self, step: int) -> dict:
     """The method's JSON state (e.g. kept ranks), which fixes the shapes to restore onto."""
@@ -195,6 +208,42 @@ class Checkpoints:
     except (ValueError, KeyError) as e:  # Orbax lists every mismatching array; the first line says what is wrong.
       raise ConfigError(f"{self._folder(step)} does not match the model its run's config builds (a "
                         f"checkpoint of another version of the code?): {str(e).strip().splitlines()[0]}") from e
+
+
+def saved_config(workdir: pathlib.Path) -> tuple[dict | None, str | None]:
+  """The config the run in `workdir` runs with: its config.json or, where that is missing or damaged, the copy kept
+  with its newest whole checkpoint, with a warning that says so (else None). (None, None): no run there. Raises
+  DamagedFile where config.json is damaged and no whole checkpoint keeps a copy."""
+  path = workdir / "config.json"
+  fix = "restore it, or continue the run with the config you pass: train.py --allow_config_change (it rewrites it)"
+  try:
+    return files.read_json(path, CONFIG_SCHEMA, fix), None
+  except files.DamagedFile as e:
+    damaged = e
+  checkpoints = Checkpoints(workdir) if (workdir / "checkpoints").is_dir() else None
+  step = checkpoints and checkpoints.resume_step(set_aside=False)[0]
+  copy = checkpoints.config_copy(step) if step else None
+  if copy is not None and not files.mismatch(copy, CONFIG_SCHEMA):
+    return copy, f"{damaged.path} is {damaged.problem}; read the copy of the config kept with checkpoint {step} instead"
+  if not path.exists():
+    return None, None
+  raise damaged
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """`saved_config`, for a reader (eval.py, reports): its warning printed; ConfigError where `workdir` holds no run."""
+  config, restored = saved_config(workdir)
+  if config is None:
+    raise ConfigError(f"{workdir / 'config.json'} does not exist; is {workdir} the folder of a train.py run?")
+  if restored:
+    print(f"warning: {restored}", file=sys.stderr)
+  return ml_collections.ConfigDict(config)
+
+
+def _manifest_entry(recorded) -> bool:
+  """A manifest's record of one file: [size, checksum] (or, written by older code, the size)."""
+  return isinstance(recorded, int) or (isinstance(recorded, list) and len(recorded) == 2
+                                       and isinstance(recorded[0], int) and isinstance(recorded[1], str))
 
 
 def _digest(path: pathlib.Path) -> str:

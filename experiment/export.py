@@ -12,6 +12,7 @@ model as exported (factors sliced; dense where that is cheaper).
 import copy
 import json
 import pathlib
+import zipfile
 
 import jax
 import ml_collections
@@ -19,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from experiment import build
+from experiment import build, files, workdir
 from experiment.step import flops
 import lowrank
 from lowrank import deploy
@@ -73,8 +74,8 @@ def rank_sweep(model: nnx.Module, config: ml_collections.ConfigDict, fractions: 
 
 def _write(folder: pathlib.Path, config: ml_collections.ConfigDict, report: dict) -> None:
   folder.mkdir(parents=True, exist_ok=True)
-  (folder / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  (folder / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+  files.write_atomic(folder / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  files.write_atomic(folder / "export.json", json.dumps(report, indent=2) + "\n")
 
 
 def save_lowrank(folder: pathlib.Path, model: nnx.Module, config: ml_collections.ConfigDict, report: dict) -> None:
@@ -98,15 +99,24 @@ def save_nm(folder: pathlib.Path, model: nnx.Module, config: ml_collections.Conf
   return report
 
 
-def load(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """An exported model (either kind), standalone: rebuilt from its config, weights restored."""
-  config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
-  report = json.loads((folder / "export.json").read_text())
+def load(folder: pathlib.Path) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
+  """An exported model (either kind), standalone: rebuilt from its config, weights restored; and its export.json.
+  A damaged file of the folder: DamagedFile."""
+  fix = "export the run again (python eval.py --workdir=<its run folder> --export=<folder>)"
+  config = ml_collections.ConfigDict(files.read_json(folder / "config.json", workdir.CONFIG_SCHEMA, fix))
+  report = files.read_json(folder / "export.json", {"step": int}, fix)
+  nm = report.get("format") == "nm"
+  if nm and (problem := files.mismatch(report, {"patterns": dict})):
+    raise files.DamagedFile(folder / "export.json", f"damaged ({problem})", fix)
   model = build.model(config)
-  if report.get("format") == "nm":
-    packing.unpack_into(model, np.load(folder / "weights.npz"), report["patterns"])
-  else:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
-    with ocp.StandardCheckpointer() as ckpt:
-      nnx.update(model, ckpt.restore((folder / "model").absolute(), abstract))
-  return model, config
+  weights = folder / ("weights.npz" if nm else "model")
+  try:
+    if nm:
+      packing.unpack_into(model, np.load(weights), report["patterns"])
+    else:
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model))
+      with ocp.StandardCheckpointer() as ckpt:
+        nnx.update(model, ckpt.restore(weights.absolute(), abstract))
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise files.DamagedFile(weights, f"damaged ({type(e).__name__})", fix) from None
+  return model, config, report

@@ -4,11 +4,16 @@ truth) and wandb. Metric names are flat paths such as `train/loss`."""
 import json
 import math
 import pathlib
+import re
+import sys
 import uuid
 
 import tqdm
 
-from experiment.workdir import write_atomic
+from experiment.files import read_rows, write_atomic
+
+
+WANDB_ID = "[0-9a-f]{12}"  # The wandb run id `_wandb_id` keeps.
 
 
 class MetricsWriter:
@@ -21,6 +26,9 @@ class MetricsWriter:
       rows = read(self.path, complete_only=True) if resume_step else []  # a fresh start logs step 0 again.
       rows = [r for r in rows if r["step"] <= resume_step]
       write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+    elif resume_step:
+      print(f"warning: {self.path} is missing; the rows of steps up to {resume_step} are lost, and logging goes on "
+            f"from there", file=sys.stderr)
     if config.wandb.mode != "disabled":
       import wandb  # Imported only when used: it takes a few seconds.
       self.run = wandb.init(project=config.wandb.project, name=config.wandb.name or workdir.name, dir=workdir,
@@ -43,19 +51,27 @@ class MetricsWriter:
 
 
 def read(path: pathlib.Path, *, complete_only: bool = False) -> list[dict]:
-  """The rows of a metrics.jsonl; `complete_only`: skip a last line a kill cut short."""
-  lines = path.read_text().split("\n")
-  if complete_only:
-    lines = lines[:-1]  # After the last newline: empty, or a row being written when the process died.
-  return [json.loads(line) for line in lines if line.strip()]
+  """The rows of a metrics.jsonl (none if there is none; a damaged one's readable rows, with a warning);
+  `complete_only`: skip a last line a kill cut short."""
+  return read_rows(path, _is_row, complete_only=complete_only)
+
+
+def _is_row(row: dict) -> bool:
+  """A row as `write` writes it: an integer step, and numbers."""
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  return isinstance(row.get("step"), int) and all(map(number, row.values()))
 
 
 def _wandb_id(workdir: pathlib.Path) -> str:
-  """A run id kept in the workdir, so a resumed run continues the same wandb run."""
+  """A run id kept in the workdir, so a resumed run continues the same wandb run (a new one, with a warning, where
+  the file is damaged)."""
   path = workdir / "wandb_id"
-  if not path.exists():
-    write_atomic(path, uuid.uuid4().hex[:12])
-  return path.read_text().strip()
+  if path.is_file() and re.fullmatch(WANDB_ID, kept := path.read_bytes().decode(errors="replace").strip()):
+    return kept
+  if path.exists():
+    print(f"warning: {path} is damaged (not a wandb run id); this run logs to a new wandb run", file=sys.stderr)
+  write_atomic(path, uuid.uuid4().hex[:12])
+  return path.read_text()
 
 
 def _fmt(v: float) -> str:

@@ -1,7 +1,6 @@
 """Plots of a run's metrics, written to `<workdir>/plots/`. Every title names the dataset and model, every axis
 what it measures and in which unit; ranks and N:M sparsity, which change in jumps, are drawn as steps."""
 
-import json
 import pathlib
 
 import matplotlib
@@ -47,11 +46,11 @@ def label(key: str) -> str:
       key, f"test {key.removeprefix('eval/')}")
 
 
-def training_curves(workdir: pathlib.Path) -> pathlib.Path:
+def training_curves(workdir: pathlib.Path, config) -> pathlib.Path:
   """The training objective, the held-out cross-entropy, and the accuracy on training batches and the validation
   and test splits, against the step; the metrics of the EMA of the parameters beside the others where the run keeps
   one."""
-  rows, config = metrics.read(workdir / "metrics.jsonl"), read_config(workdir)
+  rows = metrics.read(workdir / "metrics.jsonl")
   tests = [test for test in HELD_OUT if any(f"{test[0]}/loss" in r for r in rows)]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
   axes[0].plot(*series(rows, "train/loss"), color=TRAIN_COLOR)
@@ -72,7 +71,7 @@ def training_curves(workdir: pathlib.Path) -> pathlib.Path:
   return save(fig, workdir, "training.png")
 
 
-def ranks(workdir: pathlib.Path) -> pathlib.Path | None:
+def ranks(workdir: pathlib.Path, config) -> pathlib.Path | None:
   """Kept rank of every low-rank layer, and the parameters in use, against the step."""
   rows = metrics.read(workdir / "metrics.jsonl")
   keys = sorted({k for r in rows for k in r if k.startswith("rank/")})
@@ -89,11 +88,11 @@ def ranks(workdir: pathlib.Path) -> pathlib.Path | None:
   for ax in axes:
     ax.set_xlabel(STEP)
     ax.grid(alpha=0.3)
-  fig.suptitle(f"{experiment_name(read_config(workdir))} · {workdir.name}")
+  fig.suptitle(f"{experiment_name(config)} · {workdir.name}")
   return save(fig, workdir, "ranks.png")
 
 
-def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
+def sparsity(workdir: pathlib.Path, config) -> pathlib.Path | None:
   """N:M runs: sparsity per layer and in total, α, N and M, the mask flip rate and the
   gradient norms of pruned vs kept weights, against the step."""
   rows = metrics.read(workdir / "metrics.jsonl")
@@ -130,11 +129,11 @@ def sparsity(workdir: pathlib.Path) -> pathlib.Path | None:
   for ax in axes.flat:
     ax.set_xlabel(STEP)
     ax.grid(alpha=0.3)
-  fig.suptitle(f"{experiment_name(read_config(workdir))} · {workdir.name}")
+  fig.suptitle(f"{experiment_name(config)} · {workdir.name}")
   return save(fig, workdir, "sparsity.png")
 
 
-def rank_sweep(workdir: pathlib.Path, sweep: list[dict], key: str = "accuracy") -> pathlib.Path:
+def rank_sweep(workdir: pathlib.Path, config, sweep: list[dict], key: str = "accuracy") -> pathlib.Path:
   """A test metric (`key`: accuracy, bits_per_char) against parameters and MACs of the model cut to each rank
   fraction, and of the SVD of the dense run at the same ranks where the sweep has it."""
   scale = 100 if key == "accuracy" else 1
@@ -147,12 +146,8 @@ def rank_sweep(workdir: pathlib.Path, sweep: list[dict], key: str = "accuracy") 
     ax.set(xlabel=name, ylabel=label(f"eval/{key}"), xscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle(f"{experiment_name(read_config(workdir))} · {workdir.name}: rank sweep")
+  fig.suptitle(f"{experiment_name(config)} · {workdir.name}: rank sweep")
   return save(fig, workdir, "rank_sweep.png")
-
-
-def read_config(workdir: pathlib.Path) -> dict:
-  return json.loads((workdir / "config.json").read_text())
 
 
 def save(fig, workdir: pathlib.Path, name: str) -> pathlib.Path:

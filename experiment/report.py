@@ -6,14 +6,13 @@ and sparsity trajectories of chosen runs. Written to `<folder>/report.md`
 and `<folder>/plots/`, with the code version, the machine and the commands."""
 
 import dataclasses
-import json
 import math
 import pathlib
 import statistics
 
 from scipy import stats
 
-from experiment import metrics, plots, sweeps
+from experiment import checkpoint, files, metrics, plots, sweeps
 from experiment.config import ConfigError
 from experiment.plots import label, plt
 
@@ -76,19 +75,30 @@ class Result:
 
 def collect(folder: pathlib.Path) -> tuple[dict, list[Result], list[str]]:
   """The sweep record, its finished runs, and the workdir names of runs not finished."""
-  try:
-    sweep = json.loads((folder / "sweep.json").read_text())
-  except FileNotFoundError:
+  if not (folder / "sweep.json").exists():
     raise ConfigError(f"{folder} has no sweep.json: run the sweep first (python sweep.py --config configs/<file>.py "
-                      f"--folder {folder})") from None
+                      f"--folder {folder})")
+  sweep = files.read_json(folder / "sweep.json", sweeps.SWEEP_SCHEMA, "run the sweep's command again (python sweep.py "
+                          "--config <its config> --folder <this folder>): it rewrites the file and skips finished runs")
   results, missing = [], []
   for r in sweep["runs"]:
     workdir = folder / r["workdir"]
-    if not sweeps.finished(workdir):
+    try:
+      config, restored = checkpoint.saved_config(workdir)
+    except files.DamagedFile as e:
+      files.warn(e.path, f"{e}; its run is left out of this report")
+      config, restored = None, None
+    if restored:
+      files.warn(workdir / "config.json", restored)
+    rows = metrics.read(workdir / "metrics.jsonl") if config else []
+    if config is None or not sweeps.completed(rows, config["num_steps"]):
+      last = workdir / "checkpoint_manifests" / f"{config and config['num_steps']}.json"
+      if last.is_file() and checkpoint.Checkpoints(workdir).is_whole(config["num_steps"]):
+        files.warn(workdir / "metrics.jsonl", f"{workdir / 'metrics.jsonl'} has lost the last step's row of a finished "
+                                              "run; its run is left out: its train.py command logs the row again")
       missing.append(r["workdir"])
       continue
-    results.append(Result(r["name"], r["group"], r["seed"], workdir, json.loads((workdir / "config.json").read_text()),
-                          metrics.read(workdir / "metrics.jsonl")))
+    results.append(Result(r["name"], r["group"], r["seed"], workdir, config, rows))
   return sweep, results, missing
 
 

@@ -30,7 +30,9 @@ import threading
 
 from experiment import metrics
 from experiment.config import ConfigError, parse_like
-from experiment.workdir import write_atomic
+from experiment import files
+from experiment.files import write_atomic
+from experiment.workdir import CONFIG_SCHEMA
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -114,13 +116,26 @@ def _check_field(config, field: str, value, where: str) -> None:
 
 
 def finished(workdir: pathlib.Path) -> bool:
-  """Whether the run in `workdir` logged its last step (with its final evaluation)."""
+  """Whether the run in `workdir` logged its last step (with its final evaluation); not where its config.json is
+  damaged (a warning says so: train.py restores it from a checkpoint when the sweep runs it)."""
   try:
-    num_steps = json.loads((workdir / "config.json").read_text())["num_steps"]
-    rows = metrics.read(workdir / "metrics.jsonl")
-  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    config = files.read_json(workdir / "config.json", CONFIG_SCHEMA, "")
+  except files.DamagedFile as e:
+    if e.problem != "missing":
+      files.warn(e.path, f"{e.path} is {e.problem}; its run counts as not finished (its train.py restores the file "
+                         f"from a checkpoint, or says what to do)")
     return False
+  return completed(metrics.read(workdir / "metrics.jsonl"), config["num_steps"])
+
+
+def completed(rows: list[dict], num_steps: int) -> bool:
+  """Whether a run's metrics rows hold its last step's, with its final evaluation."""
   return any(r["step"] == num_steps and any(k.startswith("eval/") for k in r) for r in rows)
+
+
+# What report.py reads of sweep.json (`record`).
+SWEEP_SCHEMA = {"command": str, "code": str, "config": str,
+                "runs": [{"name": str, "group": str, "seed": int, "workdir": str, "command": str}]}
 
 
 def record(runs: list[Run], folder: pathlib.Path, command: list[str], config: str) -> None:

@@ -13,8 +13,12 @@ import sys
 import ml_collections
 
 from experiment.config import ConfigError
+from experiment.files import read_rows, write_atomic
 
 LOCK_FILE = "train.lock"
+# What a config.json must hold to be read at all (the rest is checked where used, as for a config file).
+CONFIG_SCHEMA = {"num_steps": int, "seed": int, "batch_size": int, "dataset": {"name": str}, "model": {"name": str},
+                 "layers": {"type": str}}
 # What a failed write or read of the machine says, and what the user can do about it.
 FIXES = {"No space left on device": "free space on that disk", "Disk quota exceeded": "free space within your quota",
          "File too large": "raise the file-size limit (ulimit -f)",
@@ -29,17 +33,6 @@ def machine_failure(what: str, error: BaseException, then: str) -> str:
   text = str(error)
   reason = next((r for r in FIXES if r in text), text.strip().splitlines()[0][:300] if text.strip() else repr(error))
   return f"{what} failed: {reason}; {FIXES.get(reason, 'fix the cause')}, then {then}"
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-  """`path` holds either its old content or `text`, whenever the process dies; the last of several processes
-  writing it at once wins (each writes a file of its own first)."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with tmp.open("w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _lock(workdir: pathlib.Path) -> None:
@@ -57,10 +50,12 @@ def _lock(workdir: pathlib.Path) -> None:
   os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}".encode())
 
 
-def claim(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, allow_change: bool, lock: bool) -> list[str]:
+def claim(workdir: pathlib.Path, config: ml_collections.ConfigDict, saved: dict | None, *, allow_change: bool,
+          lock: bool) -> list[str]:
   """Creates and (`lock`) locks the workdir for this process. Raises ConfigError, before writing anything, if
-  the workdir holds a run of another config and not `allow_change`. Returns the changes (`config_changes`)."""
-  changes = config_changes(config, workdir)
+  the workdir holds a run of another config (`saved`, None: no run) and not `allow_change`. Returns the changes
+  (`config_changes`)."""
+  changes = config_changes(config, saved)
   if changes and not allow_change:
     raise ConfigError(f"--workdir {workdir} holds a run of another config ({'; '.join(changes)}); pass another "
                       f"--workdir, or --allow_config_change to continue that run with this config")
@@ -84,29 +79,22 @@ def record_launch(workdir: pathlib.Path, step: int, command: list[str], code: st
   version and the machine, so every run says where each of its steps was computed."""
   launch = {"time": datetime.datetime.now().isoformat(timespec="seconds"), "step": step,
             "command": " ".join(command), "code": code, "machine": machine}
-  with (workdir / "launches.jsonl").open("a") as f:
-    f.write(json.dumps(launch) + "\n")
+  path = workdir / "launches.jsonl"
+  cut = path.is_file() and path.stat().st_size and path.read_bytes()[-1:] != b"\n"  # A line a kill cut short.
+  with path.open("a") as f:
+    f.write("\n" * cut + json.dumps(launch) + "\n")
 
 
 def launches(workdir: pathlib.Path) -> list[dict]:
-  """The run's launches.jsonl records (none for runs made before it existed)."""
-  path = workdir / "launches.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+  """The run's launches.jsonl records (none for runs made before it existed; a damaged one's readable records)."""
+  return read_rows(workdir / "launches.jsonl", lambda r: isinstance(r.get("machine"), str))
 
 
-def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise ConfigError(f"{path} does not exist; is --workdir the folder of a train.py run?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def config_changes(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[str]:
-  """`field: saved -> requested` for each field where `config` differs from the workdir's config.json."""
-  path = workdir / "config.json"
-  if not path.is_file():
+def config_changes(config: ml_collections.ConfigDict, saved: dict | None) -> list[str]:
+  """`field: saved -> requested` for each field where `config` differs from the run's saved config."""
+  if saved is None:
     return []
-  saved = _flat(json.loads(path.read_text()))
+  saved = _flat(saved)
   requested = _flat(json.loads(config.to_json_best_effort()))
   return [f"{k}: {saved.get(k, '(absent)')!r} -> {requested.get(k, '(absent)')!r}"
           for k in sorted(saved.keys() | requested.keys()) if saved.get(k, "(absent)") != requested.get(k, "(absent)")]

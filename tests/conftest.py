@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -113,13 +114,15 @@ def run(script: str, *args: str, overrides: dict | None = None, env: dict | None
   return result
 
 
-def train_here(config: str, workdir: pathlib.Path, overrides: dict | None = None) -> dict:
+def train_here(config: "str | ml_collections.ConfigDict", workdir: pathlib.Path, overrides: dict | None = None) -> dict:
   """`train.train` in this process (no interpreter to start): `config` as on the command line
-  ("configs/<name>.py:<arg>"), `overrides` as config fields; its signal handlers undone after. Returns the last
-  metrics row."""
+  ("configs/<name>.py:<arg>") or built, `overrides` as config fields; its signal handlers undone after. Returns the
+  last metrics row."""
   import train
-  path, _, arg = config.partition(":")
-  loaded = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
+  if isinstance(config, str):
+    path, _, arg = config.partition(":")
+    config = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
+  loaded = config.copy_and_resolve_references()
   loaded.update_from_flattened_dict(overrides or {})
   handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   try:

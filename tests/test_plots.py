@@ -57,7 +57,7 @@ def test_training_objective_and_test_cross_entropy_are_on_separate_labelled_pane
   for r, (test, ema) in zip(rows[1:], ((1.0, 0.9), (0.8, 0.7))):
     r |= {"eval/loss": test, "eval/accuracy": 0.8, "eval_ema/loss": ema, "eval_ema/accuracy": 0.81,
           "val/loss": test + 0.05, "val/accuracy": 0.79}
-  plots.training_curves(workdir(tmp_path, MAESTRO, rows))
+  plots.training_curves(workdir(tmp_path, MAESTRO, rows), MAESTRO)
   (fig,) = figures
   objective, test_loss, accuracy = fig.axes
   assert_labelled(fig)
@@ -74,18 +74,18 @@ def test_training_objective_and_test_cross_entropy_are_on_separate_labelled_pane
   assert list(lines(accuracy)["test"].get_ydata()) == [80, 80]  # In %.
 
   dense = {**MLP, "layers": {"type": "dense"}}
-  plots.training_curves(workdir(tmp_path, dense, [{k: v for k, v in r.items() if "ema" not in k} for r in rows]))
+  plots.training_curves(workdir(tmp_path, dense, [{k: v for k, v in r.items() if "ema" not in k} for r in rows]), dense)
   assert figures[1].axes[0].get_ylabel().endswith("(cross-entropy)")
   assert set(lines(figures[1].axes[1])) == {"validation", "test"}  # No EMA kept, none drawn.
 
 
 def test_rank_and_sparsity_trajectories_of_a_run_are_steps(tmp_path, figures):
   rows = [{"step": s, "rank/fc1": r, "rank/fc2": 2 * r, "params/effective": 1000 * r} for s, r in ((5, 8), (10, 6))]
-  plots.ranks(workdir(tmp_path, MAESTRO, rows))
+  plots.ranks(workdir(tmp_path, MAESTRO, rows), MAESTRO)
   nm = [{"step": s, "sparsity/fc1": 1 - n / 8, "sparsity/total": 0.9 * (1 - n / 8), "nm/alpha": 0.5, "nm/n": n,
          "nm/m": 8, "nm/flip_rate": 0.1, "nm/grad_norm_kept": 1.0, "nm/grad_norm_pruned": 0.5, "eval/accuracy": 0.7}
         for s, n in ((5, 4), (10, 1))]
-  plots.sparsity(workdir(tmp_path, NM, nm))
+  plots.sparsity(workdir(tmp_path, NM, nm), NM)
   ranks, sparsity = figures
   for fig in figures:
     assert_labelled(fig)
@@ -99,7 +99,7 @@ def test_rank_and_sparsity_trajectories_of_a_run_are_steps(tmp_path, figures):
 def test_rank_sweep_curves_are_sorted_by_size(tmp_path, figures):
   sweep = [{"params": p, "macs": 2 * p, "accuracy": a, "svd_accuracy": a - 0.1} for p, a in ((300, 0.9), (100, 0.7),
                                                                                               (200, 0.8))]
-  plots.rank_sweep(workdir(tmp_path, MLP, []), sweep)
+  plots.rank_sweep(workdir(tmp_path, MLP, []), MLP, sweep)
   (fig,) = figures
   for ax in fig.axes:
     assert ax.get_xlabel() and ax.get_ylabel() == "test accuracy (%)"
