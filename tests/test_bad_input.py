@@ -87,3 +87,14 @@ def test_missing_config_file(existing_workdir):
 def test_eval_of_a_folder_without_a_run(tmp_path):
   result = run("eval.py", "--workdir", str(tmp_path), check=False)
   assert_one_line_error(result, "config.json")
+
+
+def test_a_workdir_that_is_a_file_is_told_to_pass_a_folder_not_that_it_resumes(tiny_data, tmp_path):
+  workdir = tmp_path / "notes.txt"
+  workdir.write_text("a file, not a run's folder")
+  config = fmnist_mlp_dense.get_config("smoke")
+  config.update_from_flattened_dict(tiny_data)
+  with pytest.raises(ConfigError) as error:
+    train.train(config, workdir)
+  assert str(error.value) == f"--workdir {workdir} is a file; pass a folder (a new one, or a run's to resume it)"
+  assert workdir.read_text() == "a file, not a run's folder"
