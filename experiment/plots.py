@@ -3,13 +3,7 @@ what it measures and in which unit; ranks and N:M sparsity, which change in jump
 
 import pathlib
 
-import matplotlib
-import matplotlib.ticker
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from experiment import methods, metrics  # noqa: E402
+from experiment import methods, metrics
 
 STEP = "step (optimizer updates)"
 DATASETS = {"fashion_mnist": "Fashion-MNIST", "austen": "Jane Austen (characters)", "cifar10": "CIFAR-10",
@@ -52,7 +46,7 @@ def training_curves(workdir: pathlib.Path, config) -> pathlib.Path:
   one."""
   rows = metrics.read(workdir / "metrics.jsonl")
   tests = [test for test in HELD_OUT if any(f"{test[0]}/loss" in r for r in rows)]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+  fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.5))
   axes[0].plot(*series(rows, "train/loss"), color=TRAIN_COLOR)
   axes[0].set(ylabel=objective(config), title="training objective (training batches)")
   for prefix, name, color, style in tests:
@@ -77,14 +71,14 @@ def ranks(workdir: pathlib.Path, config) -> pathlib.Path | None:
   keys = sorted({k for r in rows for k in r if k.startswith("rank/")})
   if not keys:
     return None
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.5))
   for key in keys:
     axes[0].step(*series(rows, key), where="post", label=key.removeprefix("rank/"))
   axes[0].set(ylabel="kept rank (components)", title="rank of each low-rank layer")
   axes[0].legend(fontsize=7, ncol=2)
   axes[1].step(*series(rows, "params/effective"), where="post")
   axes[1].set(ylabel="parameters", title="parameters in use")
-  axes[1].yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+  axes[1].yaxis.set_major_formatter("{x:,.0f}")
   for ax in axes:
     ax.set_xlabel(STEP)
     ax.grid(alpha=0.3)
@@ -99,7 +93,7 @@ def sparsity(workdir: pathlib.Path, config) -> pathlib.Path | None:
   layers = sorted({k for r in rows for k in r if k.startswith("sparsity/") and k != "sparsity/total"})
   if not layers:
     return None
-  fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+  fig, axes = pyplot().subplots(2, 3, figsize=(15, 7.5))
   ax = axes[0, 0]
   for key in layers:
     ax.step(*series(rows, key), where="post", lw=0.8, alpha=0.6)
@@ -111,7 +105,7 @@ def sparsity(workdir: pathlib.Path, config) -> pathlib.Path | None:
   for key in ("nm/n", "nm/m"):
     axes[0, 2].step(*series(rows, key), where="post", label=key.removeprefix("nm/").upper())
   axes[0, 2].set_yscale("log", base=2)
-  axes[0, 2].yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))
+  axes[0, 2].yaxis.set_major_formatter("{x:g}")
   axes[0, 2].set(title="N:M (first N:M layer)", ylabel="N and M in N:M")
   axes[0, 2].legend(fontsize=8)
   axes[1, 0].plot(*series(rows, "nm/flip_rate"))
@@ -137,7 +131,7 @@ def rank_sweep(workdir: pathlib.Path, config, sweep: list[dict], key: str = "acc
   """A test metric (`key`: accuracy, bits_per_char) against parameters and MACs of the model cut to each rank
   fraction, and of the SVD of the dense run at the same ranks where the sweep has it."""
   scale = 100 if key == "accuracy" else 1
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.5))
   for ax, (x, name) in zip(axes, (("params", "parameters"), ("macs", "MACs (multiply-accumulates per example)"))):
     for metric, marker, legend in ((key, "o", "this run, cut to each rank fraction"),
                                    (f"svd_{key}", "s", "SVD of the dense run, at the same ranks")):
@@ -150,10 +144,19 @@ def rank_sweep(workdir: pathlib.Path, config, sweep: list[dict], key: str = "acc
   return save(fig, workdir, "rank_sweep.png")
 
 
+def pyplot():
+  """matplotlib.pyplot, drawing to files; imported on first use (a third of a second), which a process that never
+  plots (a run killed or stopped by bad input, eval.py without --rank_fractions) does not pay."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
 def save(fig, workdir: pathlib.Path, name: str) -> pathlib.Path:
   path = workdir / "plots" / name
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
+  pyplot().close(fig)
   return path

@@ -14,7 +14,7 @@ from scipy import stats
 
 from experiment import checkpoint, files, metrics, plots, sweeps
 from experiment.config import ConfigError
-from experiment.plots import label, plt
+from experiment.plots import label, pyplot
 
 
 @dataclasses.dataclass
@@ -384,7 +384,7 @@ def plot_nm(results: list[Result], folder: pathlib.Path, key: str = "eval/accura
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = pyplot().subplots(figsize=(7, 4.5))
   levels, counts = {}, []
   for group, names in groups.items():
     points = []
@@ -412,7 +412,7 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = pyplot().subplots(figsize=(7, 4.5))
   counts = [len(runs) for names in groups.values() for runs in names.values()]
   for group, names in groups.items():
     _mean_std_line(ax, [(statistics.mean(r.params for r in runs), [r.final[key] * scale for r in runs])
@@ -440,7 +440,7 @@ def plot_flops(results: list[Result], folder: pathlib.Path, key: str = "eval/acc
   if not groups:
     return None
   scale = 100 if key == "eval/accuracy" else 1
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = pyplot().subplots(figsize=(7, 4.5))
   counts = [len(runs) for names in groups.values() for runs in names.values()]
   for group, names in groups.items():
     _mean_std_line(ax, [(statistics.mean(r.train_flops for r in runs), [r.final[key] * scale for r in runs])
@@ -460,8 +460,8 @@ def plot_flip_rates(results: list[Result], folder: pathlib.Path) -> pathlib.Path
     first.setdefault(r.name, r)
   if not first:
     return None
-  fig, ax = plt.subplots(figsize=(7.5, 4.5))
-  ax.set_prop_cycle(color=plt.cm.tab20.colors)  # More runs than the default cycle's ten colors.
+  fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+  ax.set_prop_cycle(color=pyplot().cm.tab20.colors)  # More runs than the default cycle's ten colors.
   for name, r in first.items():
     ax.plot(*plots.series(r.rows, "nm/flip_rate"), label=f"{name} s{r.seed}" + (" (frozen)" if r.frozen else ""))
   ax.set_yscale("symlog", linthresh=1e-5)
@@ -481,7 +481,7 @@ def plot_trajectories(results: list[Result], folder: pathlib.Path) -> pathlib.Pa
                          lambda rows: plots.series(rows, "sparsity/total"))) if p[2]]
   if not panels:
     return None
-  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+  fig, axes = pyplot().subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
   for ax, (title, ylabel, runs, trajectory) in zip(axes[0], panels):
     for r in runs:
       ax.step(*trajectory(r.rows), where="post", label=f"{r.name} s{r.seed}")

@@ -10,7 +10,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 
 from experiment import plots, report
-from experiment.plots import plt
+from experiment.plots import pyplot
 
 MLP = {"dataset": {"name": "fashion_mnist"}, "model": {"name": "mlp"}}
 MAESTRO = {**MLP, "layers": {"type": "lowrank"}, "lowrank": {"distill": True, "group_lasso": 1e-4}}
@@ -29,7 +29,7 @@ def figures(monkeypatch) -> list:
 
   monkeypatch.setattr(plots, "save", save)
   yield saved
-  plt.close("all")
+  pyplot().close("all")
 
 
 def workdir(tmp_path: pathlib.Path, config: dict, rows: list[dict]) -> pathlib.Path:
