@@ -2,7 +2,9 @@
 touch the network or the real data), prepared once as a TFDS dataset, and a
 helper that runs the real entry points in a subprocess."""
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import pathlib
@@ -130,6 +132,24 @@ def train_here(config: "str | ml_collections.ConfigDict", workdir: pathlib.Path,
   finally:
     for s, handler in handlers.items():
       signal.signal(s, handler)
+
+
+def main_here(script: str, *args: str) -> subprocess.CompletedProcess:
+  """`python <script> <args>` (eval.py, sweep.py) in this process, as `run` gives it: absl's flag parsing and the
+  script's main, what it printed, and its exit code (an error's line last on stderr)."""
+  from absl import flags
+  from experiment import config as config_lib
+  module = importlib.import_module(script.removesuffix(".py"))
+  flags.FLAGS.unparse_flags()
+  stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+  with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    try:
+      module.main(config_lib.parse_flags([script, *args]))
+    except SystemExit as e:
+      code = 1 if isinstance(e.code, str) else e.code or 0
+      if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+  return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def saved_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:

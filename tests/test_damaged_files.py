@@ -5,7 +5,6 @@ or skipped) or ends in one error line naming the file; never a traceback, no fil
 after the resume the run is whole and finished again."""
 
 import contextlib
-import importlib
 import importlib.util
 import io
 import json
@@ -14,11 +13,10 @@ import shutil
 
 import numpy as np
 import pytest
-from absl import flags
 
 from experiment import config as config_lib
 from experiment import metrics, sweeps
-from tests.conftest import train_here
+from tests.conftest import main_here, train_here
 
 RUN = "sweep/dense_s0"
 # Each file read back (relative to a folder holding a sweep of one finished run, and an export of an N:M run): what
@@ -87,20 +85,15 @@ def _config(root: pathlib.Path, arg: str | None = None):
 
 
 def entry(root: pathlib.Path, script: str, *args: str) -> tuple[str | int | None, str]:
-  """`python <script> <args>` in this process (sweep.py with its --config and --folder): its exit code or
-  message (None: success) and what it wrote to stderr."""
+  """`python <script> <args>` in this process (sweep.py with its --config and --folder): None (success) or its
+  error line, and what it wrote to stderr before."""
   if script == "sweep.py":
     args = (f"--config={root / 'sweep_config.py'}", f"--folder={root / 'sweep'}", *args)
-  module = importlib.import_module(script.removesuffix(".py"))
-  flags.FLAGS.unparse_flags()
-  stderr = io.StringIO()
-  with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-    try:
-      module.main(config_lib.parse_flags([script, *args]))
-      code = None
-    except SystemExit as e:
-      code = e.code
-  return code, stderr.getvalue()
+  result = main_here(script, *args)
+  if result.returncode == 0:
+    return None, result.stderr
+  *before, last = result.stderr.rstrip("\n").split("\n")
+  return last, "\n".join(before)
 
 
 def resume(root: pathlib.Path) -> tuple[str | None, str]:

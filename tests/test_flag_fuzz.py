@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run, snapshot
+from tests.conftest import run, snapshot, train_here
 from tests.test_sweeps import _sweep_config
 
 RUN = {"num_steps": 4, "log_every": 2, "eval_every": 4, "checkpoint_every": 2, "dataset.eval_limit": 64}
@@ -126,10 +126,9 @@ def runs(tiny_data, tmp_path_factory) -> dict[str, str]:
   paths = {"<maestro>": str(root / "maestro"), "<dense>": str(root / "dense"), "<missing>": str(root / "missing"),
            "<file>": str(root / "a_file")}
   pathlib.Path(paths["<file>"]).write_text("not a folder")
-  run("train.py", "--config", "configs/fmnist_mlp_maestro.py:smoke", "--workdir", paths["<maestro>"],
-      overrides={**tiny_data, **RUN, "optimizer.ema_decay": 0.9})
-  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", paths["<dense>"],
-      overrides={**tiny_data, **RUN})
+  train_here("configs/fmnist_mlp_maestro.py:smoke", pathlib.Path(paths["<maestro>"]),
+             {**tiny_data, **RUN, "optimizer.ema_decay": 0.9})
+  train_here("configs/fmnist_mlp_dense.py:smoke", pathlib.Path(paths["<dense>"]), {**tiny_data, **RUN})
   return paths
 
 
