@@ -134,21 +134,27 @@ def train_here(config: "str | ml_collections.ConfigDict", workdir: pathlib.Path,
       signal.signal(s, handler)
 
 
-def main_here(script: str, *args: str) -> subprocess.CompletedProcess:
-  """`python <script> <args>` (eval.py, sweep.py) in this process, as `run` gives it: absl's flag parsing and the
-  script's main, what it printed, and its exit code (an error's line last on stderr)."""
+def main_here(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+  """`python <script> <args>` (eval.py, sweep.py) in this process, as `run` gives it (no interpreter to start, JAX's
+  compilations kept): absl's flag parsing and the script's main, what it printed, and its exit code (an error's line
+  last on stderr)."""
   from absl import flags
   from experiment import config as config_lib
   module = importlib.import_module(script.removesuffix(".py"))
   flags.FLAGS.unparse_flags()
-  stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+  stdout, stderr, code, argv = io.StringIO(), io.StringIO(), 0, sys.argv
   with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
     try:
-      module.main(config_lib.parse_flags([script, *args]))
+      sys.argv = [script, *args]  # As the script sees it (e.g. in the command a report records).
+      module.main(config_lib.parse_flags(sys.argv))
     except SystemExit as e:
       code = 1 if isinstance(e.code, str) else e.code or 0
       if isinstance(e.code, str):
         print(e.code, file=sys.stderr)
+    finally:
+      sys.argv = argv
+  if check and code != 0:
+    raise AssertionError(f"{script} {' '.join(args)} failed ({code}):\n{stderr.getvalue()[-3000:]}")
   return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
 
 

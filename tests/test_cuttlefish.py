@@ -14,7 +14,7 @@ from experiment import build, metrics
 from experiment.config import ConfigError
 from lowrank import cuttlefish
 from lowrank.layers import LowRankLinear
-from tests.conftest import run, train_here
+from tests.conftest import main_here, train_here
 
 
 class TwoLayers(nnx.Module):
@@ -127,8 +127,8 @@ def test_cuttlefish_trains_full_rank_switches_to_the_chosen_ranks_and_exports(tm
   assert by_step[10]["train/learning_rate"] == pytest.approx(float(schedule(9)) * 2 / 4)
   assert by_step[15]["train/learning_rate"] == pytest.approx(float(schedule(14)))
 
-  run("eval.py", "--workdir", str(workdir), f"--export={folder}")
-  run("eval.py", f"--exported={folder}")
+  main_here("eval.py", "--workdir", str(workdir), f"--export={folder}")
+  main_here("eval.py", f"--exported={folder}")
   exported = json.loads((folder / "eval.json").read_text())
   assert exported["eval/accuracy"] == pytest.approx(by_step[20]["eval/accuracy"], abs=1e-6)
   kernels = min(chosen["fc1"] * (784 + 64), 784 * 64) + min(chosen["fc2"] * 128, 64 * 64)

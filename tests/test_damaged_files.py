@@ -89,7 +89,7 @@ def entry(root: pathlib.Path, script: str, *args: str) -> tuple[str | int | None
   error line, and what it wrote to stderr before."""
   if script == "sweep.py":
     args = (f"--config={root / 'sweep_config.py'}", f"--folder={root / 'sweep'}", *args)
-  result = main_here(script, *args)
+  result = main_here(script, *args, check=False)
   if result.returncode == 0:
     return None, result.stderr
   *before, last = result.stderr.rstrip("\n").split("\n")

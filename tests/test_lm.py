@@ -11,7 +11,7 @@ import pytest
 from data import austen
 from experiment import metrics
 from tests import rdata_files
-from tests.conftest import assert_one_line_error, run, train_here
+from tests.conftest import assert_one_line_error, main_here, run, train_here
 
 WORDS = ("the", "miss", "bennet", "said", "of", "and", "a", "very", "good", "humour", "Emma", "Darcy", "was", "not")
 
@@ -71,23 +71,23 @@ def test_dense_lm_trains_reports_bits_per_char_and_samples(tiny_austen, tmp_path
             overrides={**overrides, "log_every": 3})  # Evaluations (every 10 steps) are logged off the log grid too.
   final = metrics.read(workdir / "metrics.jsonl")[-1]
   assert "test bits/char" in out.stdout
-  evaluated = run("eval.py", "--workdir", str(workdir))  # The restored checkpoint: the same number, by its name.
+  evaluated = main_here("eval.py", "--workdir", str(workdir))  # The restored checkpoint: the same number, by its name.
   assert json.loads((workdir / "eval.json").read_text())["eval/bits_per_char"] == pytest.approx(
       final["eval/bits_per_char"], rel=1e-5)
   assert "test bits/char" in evaluated.stdout and "test accuracy" not in evaluated.stdout
-  sample = run("eval.py", "--workdir", str(workdir), "--sample=Miss Bennet", "--sample_length=60")
+  sample = main_here("eval.py", "--workdir", str(workdir), "--sample=Miss Bennet", "--sample_length=60")
   text = sample.stdout.removesuffix("\n")
   assert text.startswith("Miss Bennet") and len(text) == len("Miss Bennet") + 60
-  again = run("eval.py", "--workdir", str(workdir), "--sample=Miss Bennet", "--sample_length=60")
+  again = main_here("eval.py", "--workdir", str(workdir), "--sample=Miss Bennet", "--sample_length=60")
   assert again.stdout == sample.stdout  # The same seed gives the same text.
-  assert_one_line_error(run("eval.py", "--workdir", str(workdir), "--sample=café", check=False), "'é'")
+  assert_one_line_error(main_here("eval.py", "--workdir", str(workdir), "--sample=café", check=False), "'é'")
 
 
 @pytest.mark.slow  # A plain error path; it needs a whole (image) run to restore.
 def test_sampling_needs_a_language_model(tiny_data, tmp_path):
   run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(tmp_path / "mlp"),
       overrides={**tiny_data, "num_steps": 2})
-  assert_one_line_error(run("eval.py", "--workdir", str(tmp_path / "mlp"), "--sample=Hi", check=False), "--sample")
+  assert_one_line_error(main_here("eval.py", "--workdir", str(tmp_path / "mlp"), "--sample=Hi", check=False), "--sample")
 
 
 @pytest.mark.slow  # The layer factory's types on the LM are also checked in test_models (without training).
@@ -104,7 +104,7 @@ def test_maestro_and_nm_apply_to_the_lm(config, extra, tiny_austen, tmp_path):
   if saved["layers"]["type"] == "lowrank":
     ranks = [r["rank/block0/attn/query"] for r in rows if "rank/block0/attn/query" in r]
     assert ranks[-1] < ranks[0] == 64  # Shrunk from full rank (the smoke model's width), during training.
-    out = run("eval.py", "--workdir", str(workdir), "--rank_fractions=1,0.5")  # Cut in bits/char, the LM's metric.
+    out = main_here("eval.py", "--workdir", str(workdir), "--rank_fractions=1,0.5")  # Cut in bits/char, the LM's metric.
     cuts = json.loads((workdir / "eval.json").read_text())["rank_sweep"]
     assert cuts[0]["bits_per_char"] == pytest.approx(rows[-1]["eval/bits_per_char"], rel=1e-5)
     assert cuts[1]["bits_per_char"] == pytest.approx(cuts[1]["loss"] / math.log(2)) and "test bits/char" in out.stdout

@@ -17,7 +17,7 @@ from data import fashion_mnist, pipeline
 from experiment import build, metrics, sharding
 from experiment import methods
 from experiment.step import count_compilations, make_train_step
-from tests.conftest import assert_one_line_error, run, saved_state
+from tests.conftest import assert_one_line_error, main_here, run, saved_state
 
 
 def _batch(size: int, seed: int = 0) -> dict:
@@ -152,12 +152,12 @@ def test_bfloat16_accumulation_ema_and_profile_through_train_py(tmp_path, tiny_d
   assert len(evaluated) == 2 and all("eval_ema/accuracy" in r and "eval_ema/loss" in r for r in evaluated)
   assert evaluated[-1]["eval_ema/loss"] != evaluated[-1]["eval/loss"]
   assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace"
-  run("eval.py", "--workdir", str(workdir), "--ema")
+  main_here("eval.py", "--workdir", str(workdir), "--ema")
   assert json.loads((workdir / "eval.json").read_text())["eval/loss"] == pytest.approx(evaluated[-1]["eval_ema/loss"])
   dense = tmp_path / "dense"  # A run without an EMA: --ema is refused.
   run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(dense),
       overrides={**tiny_data, "num_steps": 2, "eval_every": 2})
-  assert_one_line_error(run("eval.py", "--workdir", str(dense), "--ema", check=False), "--ema")
+  assert_one_line_error(main_here("eval.py", "--workdir", str(dense), "--ema", check=False), "--ema")
 
 
 def test_epoch_batches_are_slices_of_per_epoch_permutations():

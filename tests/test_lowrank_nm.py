@@ -14,7 +14,7 @@ import lowrank
 import sparsity
 from experiment import metrics
 from sparsity import lowrank as nm_lowrank
-from tests.conftest import run, train_here
+from tests.conftest import main_here, train_here
 
 
 def groups_keep(w: np.ndarray, n: int, m: int, axis: int) -> bool:
@@ -128,12 +128,12 @@ def test_lowrank_nm_trains_logs_ranks_and_sparsity_and_exports_packed_factors(tm
   assert all(r["sparsity/fc1.down"] == r["sparsity/fc2.up"] == 0.75 for r in rows)  # 2:8 on every factor.
   assert rows[-1]["nm/n"] == 2 and rows[-1]["nm/m"] == 8 and "lowrank/group_lasso" in rows[-1]
 
-  run("eval.py", "--workdir", str(workdir), f"--export={folder}")
+  main_here("eval.py", "--workdir", str(workdir), f"--export={folder}")
   report = json.loads((workdir / "eval.json").read_text())
   sizes = report["export"]["bytes"]
   assert sizes["nm_kernels_packed"] == pytest.approx(sizes["nm_kernels_dense"] * (2 * 4 + 2) / (8 * 4))  # Values
   # (float32) and uint8 indices of 2 of every 8.
-  run("eval.py", f"--exported={folder}")
+  main_here("eval.py", f"--exported={folder}")
   exported = json.loads((folder / "eval.json").read_text())
   assert exported["eval/accuracy"] == pytest.approx(report["eval/accuracy"], abs=1e-6)
   assert json.loads((folder / "config.json").read_text())["layers"]["ranks"] == {"fc1": ranks[-1][0],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiment import metrics, sharding
-from tests.conftest import run, train_here
+from tests.conftest import main_here, train_here
 
 MAESTRO_SMOKE = "configs/fmnist_mlp_maestro.py:smoke"
 
@@ -39,7 +39,7 @@ def test_rank_sweep_svd_baseline_search_and_export(maestro_run, tmp_path, tiny_d
   dense = tmp_path / "dense"
   train_here("configs/fmnist_mlp_dense.py:smoke", dense, tiny_data)
   export = tmp_path / "export"
-  out = run("eval.py", "--workdir", str(maestro_run), "--rank_fractions=1,0.5,0.1", f"--svd_of={dense}",
+  out = main_here("eval.py", "--workdir", str(maestro_run), "--rank_fractions=1,0.5,0.1", f"--svd_of={dense}",
             "--macs_budget=0.3", f"--export={export}")
   report = json.loads((maestro_run / "eval.json").read_text())
   sweep = report["rank_sweep"]
@@ -54,7 +54,7 @@ def test_rank_sweep_svd_baseline_search_and_export(maestro_run, tmp_path, tiny_d
   assert "SVD of dense" in out.stdout
 
   # The exported model loads on its own and gives the accuracy reported at export.
-  run("eval.py", f"--exported={export}")
+  main_here("eval.py", f"--exported={export}")
   standalone = json.loads((export / "eval.json").read_text())
   assert standalone["eval/accuracy"] == pytest.approx(search["accuracy"], abs=1e-6)
   assert standalone["params/total"] == search["params"]

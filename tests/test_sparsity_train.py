@@ -15,7 +15,7 @@ from experiment import build, metrics, sharding
 from experiment.config import ConfigError
 from experiment import methods
 from sparsity.training import nm_layers
-from tests.conftest import assert_one_line_error, assert_same_run, run, saved_state, snapshot, train_here
+from tests.conftest import assert_one_line_error, assert_same_run, main_here, run, saved_state, snapshot, train_here
 from experiment.step import make_train_step
 
 SDGF = "configs/fmnist_mlp_nm.py:smoke,method=sdgf,n=1,m=8"
@@ -137,7 +137,7 @@ def test_decay_coefficient_follows_the_sparse_phase_unless_given(arg, coef):
 def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   workdir, export = tmp_path / "run", tmp_path / "export"
   train_here("configs/fmnist_mlp_nm.py:smoke,method=srste,n=2,m=4", workdir, tiny_data)
-  out = run("eval.py", "--workdir", str(workdir), f"--export={export}")
+  out = main_here("eval.py", "--workdir", str(workdir), f"--export={export}")
   first = metrics.read(workdir / "metrics.jsonl")[1]
   assert 0 < first["nm/flip_rate"] < 0.25  # Changes since the initial mask (not since an all-dense one: 0.5).
   report = json.loads((workdir / "eval.json").read_text())
@@ -146,7 +146,7 @@ def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   assert sizes["nm_kernels_dense"] == 4 * (784 + 64) * 64
   assert sizes["nm_kernels_packed"] == (784 + 64) * 64 // 2 * 5
   assert "N:M kernels (bytes)" in out.stdout
-  run("eval.py", f"--exported={export}")
+  main_here("eval.py", f"--exported={export}")
   standalone = json.loads((export / "eval.json").read_text())
   assert standalone["eval/accuracy"] == pytest.approx(report["eval/accuracy"], abs=1e-6)
   assert report["eval/accuracy"] == pytest.approx(metrics.read(workdir / "metrics.jsonl")[-1]["eval/accuracy"], abs=1e-6)
@@ -154,7 +154,7 @@ def test_export_packs_and_evaluates_standalone(tmp_path, tiny_data):
   # A checkpoint the config no longer describes (here: the same run read as dense) is one clear line.
   config = json.loads((workdir / "config.json").read_text())
   (workdir / "config.json").write_text(json.dumps({**config, "layers": {"type": "dense", "keep_dense": []}}))
-  assert_one_line_error(run("eval.py", "--workdir", str(workdir), check=False), "does not match the model")
+  assert_one_line_error(main_here("eval.py", "--workdir", str(workdir), check=False), "does not match the model")
 
 
 @pytest.mark.slow  # A baseline; its mask is unit-tested in test_sparsity.

@@ -157,7 +157,7 @@ def test_report_tables_and_plots_an_nm_sweep(nm_sweep, tmp_path):
   _, original = nm_sweep
   folder = tmp_path / "nm"
   shutil.copytree(original, folder)
-  out = run("eval.py", "report", str(folder))
+  out = main_here("eval.py", "report", str(folder))
   text = (folder / "report.md").read_text()
   for name in ("dense", "sdgf-stepwise_1of8"):
     finals = [metrics.read(folder / f"{name}_s{s}" / "metrics.jsonl")[-1]["eval/accuracy"] for s in (0, 1)]
@@ -187,7 +187,7 @@ def test_report_of_a_low_rank_sweep_has_the_svd_baseline(tiny_data, tmp_path):
   config = _sweep_config(tmp_path, tiny_data, "fmnist_mlp_maestro", MAESTRO_RUNS, (0,))
   folder = tmp_path / "maestro"
   run("sweep.py", "--config", config, "--folder", str(folder), "--workers", "2")
-  out = run("eval.py", "report", str(folder))
+  out = main_here("eval.py", "report", str(folder))
   text = (folder / "report.md").read_text()
   final = metrics.read(folder / "maestro_s0" / "metrics.jsonl")[-1]
   assert final["rank/fc1"] < 196  # It shrank (from a quarter of full rank), below where a dense kernel is cheaper.
@@ -197,7 +197,7 @@ def test_report_of_a_low_rank_sweep_has_the_svd_baseline(tiny_data, tmp_path):
   assert 0 < float(baseline[2]) <= 100
   assert (folder / "plots" / "params.png").stat().st_size > 10_000 and "Wrote" in out.stdout
   shutil.rmtree(folder / "dense_s0" / "checkpoints")  # E.g. a sweep copied without its checkpoints.
-  out = run("eval.py", "report", str(folder))
+  out = main_here("eval.py", "report", str(folder))
   text = (folder / "report.md").read_text()
   assert f"No SVD baseline: {folder}/dense_s0 has no whole checkpoint" in text and "SVD of dense" not in text
   assert re.search(r"\| maestro +\| Maestro", text)  # The rest of the report is there.
@@ -215,10 +215,10 @@ def test_bad_sweep_input_is_one_line(nm_sweep, tmp_path):
                        (["--config", config, "--emit=slurm", "--slurm_args=-t 4:00:00"], "'4:00:00' is not an sbatch")):
     # The first through the command line (how its line is printed), the others in this process.
     command = ("sweep.py", *args, "--folder", str(tmp_path / "x"))
-    out = run(*command, check=False) if "declares no sweep" in needle else main_here(*command)
+    out = run(*command, check=False) if "declares no sweep" in needle else main_here(*command, check=False)
     assert_one_line_error(out, needle)
     assert not (tmp_path / "x").exists()
-  assert_one_line_error(main_here("eval.py", "report", str(tmp_path / "none")), "has no sweep.json")
+  assert_one_line_error(main_here("eval.py", "report", str(tmp_path / "none"), check=False), "has no sweep.json")
 
 
 def test_text_sweeps_are_plotted_in_bits_per_char(tmp_path):

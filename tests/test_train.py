@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiment import metrics
-from tests.conftest import assert_same_run, run, saved_state, train_here
+from tests.conftest import assert_same_run, main_here, run, saved_state, train_here
 
 SMOKE = "configs/fmnist_mlp_dense.py:smoke"
 
@@ -30,9 +30,9 @@ def test_smoke_run_writes_metrics_checkpoints_plots_and_evaluates(tmp_path, tiny
   run("eval.py", "--workdir", str(workdir))
   report = json.loads((workdir / "eval.json").read_text())
   assert report["step"] == 20 and report["eval/accuracy"] == pytest.approx(rows[-1]["eval/accuracy"])
-  run("eval.py", "--workdir", str(workdir), "--step", "10")
+  main_here("eval.py", "--workdir", str(workdir), "--step", "10")
   assert json.loads((workdir / "eval.json").read_text())["eval/accuracy"] == pytest.approx(rows[2]["eval/accuracy"])
-  missing = run("eval.py", "--workdir", str(workdir), "--step", "7", check=False)
+  missing = main_here("eval.py", "--workdir", str(workdir), "--step", "7", check=False)
   assert missing.returncode != 0 and "available steps: [10, 20]" in missing.stderr
 
 
@@ -108,7 +108,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
   assert saved and max(saved) < bad_step
   for leaf in saved_state(workdir, max(saved)).values():
     assert np.all(np.isfinite(leaf))
-  run("eval.py", "--workdir", str(workdir))  # The last good checkpoint still evaluates.
+  main_here("eval.py", "--workdir", str(workdir))  # The last good checkpoint still evaluates.
   assert np.isfinite(json.loads((workdir / "eval.json").read_text())["eval/loss"])
 
 
