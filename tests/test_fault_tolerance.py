@@ -400,7 +400,7 @@ def test_skip_nonfinite_trains_through_and_logs_the_skips(tiny_data, tmp_path):
   overrides = {**tiny_data, "optimizer.name": "sgd", "optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0,
                "optimizer.warmup_steps": 5, "skip_nonfinite": True}
   workdir = tmp_path / "run"
-  run("train.py", "--config", "configs/fmnist_mlp_dense.py:smoke", "--workdir", str(workdir), overrides=overrides)
+  train_here("configs/fmnist_mlp_dense.py:smoke", workdir, overrides)
   rows = [r for r in metrics.read(workdir / "metrics.jsonl") if "train/skipped_updates" in r]
   skipped = sum(r["train/skipped_updates"] for r in rows)
   assert 0 < skipped < 20 and rows[-1]["train/skipped_updates"] == 5  # Once diverged, every update is skipped.
