@@ -253,8 +253,9 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   batches.close()  # Its reading threads and worker processes.
   checkpoints.close()  # The last save's files and manifest written; older checkpoints deleted.
 
-  if start == config.num_steps and multihost_utils.broadcast_one_to_all(  # Resumed finished, its last row lost
-      is_main and not sweeps.completed(resumed, start)):  # (a damaged metrics.jsonl): its evaluation logged again.
+  relogged = start == config.num_steps and multihost_utils.broadcast_one_to_all(  # Resumed finished, its last row
+      is_main and not sweeps.completed(resumed, start))  # lost (a damaged metrics.jsonl): its evaluation logged again.
+  if relogged:
     print(f"warning: {writer.path} has lost the last step's row; evaluated the last checkpoint again and logged it",
           file=sys.stderr)
     model = live()[0]
@@ -262,8 +263,10 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   if not is_main:
     return {}
   final = (metrics.read(workdir / "metrics.jsonl") or [{}])[-1]
-  for plot in (plots.training_curves, plots.ranks, plots.sparsity):
-    plot(workdir, config)
+  # A finished run started again draws no plots: they are in plots/ (unless it logged its last row again).
+  if start < config.num_steps or relogged or not (workdir / "plots" / "training.png").is_file():
+    for plot in (plots.training_curves, plots.ranks, plots.sparsity):
+      plot(workdir, config)
   print(metrics.table([{
       "run": workdir.name, "model": config.model.name, "layers": config.layers.type,
       "params": int(final.get("params/effective", params)), "steps": config.num_steps,

@@ -150,5 +150,6 @@ def test_a_damaged_file_is_rebuilt_skipped_or_one_line(whole, tmp_path, name, da
       p for p in before if (folder / aside.with_name("4.manifest.json")).is_file()}
   assert before - files_of(folder) - moved == set()
   assert sweeps.finished(folder / RUN)  # The resume restored config.json, or logged the last row again, or retrained.
+  assert (folder / RUN / "plots" / "training.png").is_file()
   read = lambda root: json.loads((root / RUN / "config.json").read_text())
   assert read(folder) == read(whole)

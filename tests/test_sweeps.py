@@ -87,7 +87,7 @@ def test_restarting_skips_finished_runs_and_resumes_an_interrupted_one(nm_sweep,
   folder = tmp_path / "nm"
   shutil.copytree(original, folder)
   before = snapshot(folder)
-  out = run("sweep.py", "--config", config, "--folder", str(folder))
+  out = main_here("sweep.py", "--config", config, "--folder", str(folder))
   assert "4 of 4 runs finished; 0 to run" in out.stdout
   after = snapshot(folder)
   record = pathlib.Path("sweep.json")  # Rewritten: it names this folder.
@@ -116,7 +116,7 @@ def test_seeds_runs_only_the_chosen_seeds(nm_sweep, tmp_path):
   folder = tmp_path / "nm"
   shutil.copytree(original, folder)
   shutil.rmtree(folder / "dense_s1")  # Not run yet; --seeds=0 leaves it so.
-  out = run("sweep.py", "--config", config, "--folder", str(folder), "--seeds", "0")
+  out = main_here("sweep.py", "--config", config, "--folder", str(folder), "--seeds", "0")
   assert "2 of 2 runs finished; 0 to run" in out.stdout and "3 of 4 runs finished (1 not chosen)" in out.stdout
   assert not (folder / "dense_s1").exists()
 
