@@ -16,7 +16,7 @@ import pytest
 
 from experiment import config as config_lib
 from experiment import metrics, sweeps
-from tests.conftest import main_here, train_here
+from tests.conftest import main_here, run, train_here
 
 RUN = "sweep/dense_s0"
 # Each file read back (relative to a folder holding a sweep of one finished run, and an export of an N:M run): what
@@ -153,3 +153,18 @@ def test_a_damaged_file_is_rebuilt_skipped_or_one_line(whole, tmp_path, name, da
   assert (folder / RUN / "plots" / "training.png").is_file()
   read = lambda root: json.loads((root / RUN / "config.json").read_text())
   assert read(folder) == read(whole)
+
+
+@pytest.mark.slow  # The default test runs sweep.py --emit=slurm, which reads the same files and starts no training.
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name", [f"{RUN}/config.json", f"{RUN}/metrics.jsonl", "sweep/sweep.json"])
+def test_a_sweep_over_a_damaged_run_repairs_it_through_its_train_py(whole, tmp_path, name, damage):
+  folder = tmp_path / "damaged"
+  shutil.copytree(whole, folder)
+  path = folder / name
+  damaged = DAMAGES[damage](path.read_bytes(), FILES[name][0])
+  path.unlink() if damaged is None else path.write_bytes(damaged)
+  out = run("sweep.py", f"--config={folder / 'sweep_config.py'}", f"--folder={folder / 'sweep'}")
+  log = folder / "sweep" / "dense_s0.log"  # The run's train.py output, where the sweep ran it again.
+  assert "Traceback" not in out.stderr + (log.read_text() if log.exists() else "")
+  assert "1 of 1 runs finished" in out.stdout and sweeps.finished(folder / RUN)
