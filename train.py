@@ -75,7 +75,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   stopped it. A user's mistake is a ConfigError or DataError raised before anything is compiled or written; a
   non-finite update, NonFinite."""
   started = time.time()
-  config, splits = checked(config)  # Every user error surfaces here, before compilation and before the workdir
+  config, splits = prepare(config)  # Every user error surfaces here, before compilation and before the workdir
   saved_config, restored = run_config(workdir, allow_config_change)  # is touched.
   is_main = jax.process_index() == 0
   changes = workdir_lib.claim(workdir, config, saved_config, allow_change=allow_config_change, lock=is_main)
@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   return final
 
 
-def checked(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, build.Splits]:
+def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, build.Splits]:
   """Every check of `config` that needs no workdir: its fields, its data (read into memory), its model and method
   (built once, and dropped); with durations in epochs turned into steps of the train split's real size."""
   sharding.initialize(config)
