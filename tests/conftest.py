@@ -116,10 +116,11 @@ def run(script: str, *args: str, overrides: dict | None = None, env: dict | None
   return result
 
 
-def train_here(config: "str | ml_collections.ConfigDict", workdir: pathlib.Path, overrides: dict | None = None) -> dict:
+def train_here(config: "str | ml_collections.ConfigDict", workdir: pathlib.Path, overrides: dict | None = None,
+               **options) -> dict:
   """`train.train` in this process (no interpreter to start): `config` as on the command line
-  ("configs/<name>.py:<arg>") or built, `overrides` as config fields; its signal handlers undone after. Returns the
-  last metrics row."""
+  ("configs/<name>.py:<arg>") or built, `overrides` as config fields, `options` train's (allow_config_change); its
+  signal handlers undone after. Returns the last metrics row."""
   import train
   if isinstance(config, str):
     path, _, arg = config.partition(":")
@@ -128,7 +129,7 @@ def train_here(config: "str | ml_collections.ConfigDict", workdir: pathlib.Path,
   loaded.update_from_flattened_dict(overrides or {})
   handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
-    return train.train(loaded, workdir)
+    return train.train(loaded, workdir, **options)
   finally:
     for s, handler in handlers.items():
       signal.signal(s, handler)

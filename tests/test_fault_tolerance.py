@@ -30,6 +30,7 @@ from data import DataError, idx
 from experiment import build, metrics, sharding
 from experiment import methods
 from experiment.checkpoint import Checkpoints
+from experiment.config import ConfigError
 from experiment.step import make_train_step
 from tests.conftest import (ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, assert_same_run, run,
                             saved_state, snapshot, train_here, wait_until, write_idx_set)
@@ -277,19 +278,19 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_whole_one(damage, st
   assert_same_run(straight, workdir, STEPS)
 
 
-def test_a_changed_config_is_refused_listing_the_fields_unless_allowed(straight_runs, tiny_data, tmp_path):
+def test_a_changed_config_is_refused_listing_the_fields_unless_allowed(straight_runs, tiny_data, tmp_path, capsys):
   workdir = tmp_path / "run"
   shutil.copytree(straight_runs("dense"), workdir)
-  before = snapshot(workdir)
-  cmd = command("dense", workdir, tiny_data)
-  refused = train_py(cmd + ["--config.num_steps=70", "--config.optimizer.learning_rate=0.01"])
-  assert_one_line_error(refused, "num_steps: 60 -> 70")
-  assert "optimizer.learning_rate: 0.001 -> 0.01" in refused.stderr and "--allow_config_change" in refused.stderr
+  before = snapshot(workdir)  # In this process: how an error becomes its line is test_bad_input's.
+  config, changed = RUNS["dense"][0], {**overrides("dense", tiny_data), "num_steps": 70}
+  with pytest.raises(ConfigError) as refused:
+    train_here(config, workdir, {**changed, "optimizer.learning_rate": 0.01})
+  assert "num_steps: 60 -> 70" in str(refused.value) and "\n" not in str(refused.value)
+  assert "optimizer.learning_rate: 0.001 -> 0.01" in str(refused.value) and "--allow_config_change" in str(refused.value)
   assert snapshot(workdir) == before
 
-  allowed = train_py(cmd + ["--config.num_steps=70", "--allow_config_change"])
-  assert allowed.returncode == 0, allowed.stderr[-3000:]
-  assert "Resumed from step 60" in allowed.stderr
+  train_here(config, workdir, changed, allow_config_change=True)
+  assert "Resumed from step 60" in capsys.readouterr().err
   assert json.loads((workdir / "config.json").read_text())["num_steps"] == 70
   assert json.loads((workdir / "config.before_step_60.json").read_text())["num_steps"] == 60
   assert metrics.read(workdir / "metrics.jsonl")[-1]["step"] == 70
@@ -301,9 +302,8 @@ def test_a_second_process_on_the_same_workdir_is_refused(tiny_data, tmp_path):
   first = subprocess.Popen(cmd + ["--config.num_steps=100000"], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
   wait_until(lambda: _train_rows(workdir), "a logged training row", first)
-  second = train_py(cmd + ["--config.num_steps=100000"])
-  assert_one_line_error(second, "in use by another train.py")
-  assert f"pid {first.pid}" in second.stderr
+  with pytest.raises(ConfigError, match=f"is in use by another train.py \\(pid {first.pid} on "):  # This process.
+    train_here(RUNS["dense"][0], workdir, {**overrides("dense", tiny_data), "num_steps": 100000})
   assert first.poll() is None  # The first run goes on.
   first.send_signal(signal.SIGTERM)
   assert first.wait(timeout=120) == 0
