@@ -8,7 +8,7 @@ shrunk every epoch; the head stays dense.
 
 Measured (2 CPU cores, seed 0): test accuracy 89.43% (dense MLP: 89.69%), final ranks fc1 149,
 fc2 53: 390,234 parameters, fc1+fc2 at 20.5% of the dense MLP's; 170 s wall.
-Rank sweep and SVD baseline: see the README. The sweep (get_sweep, 15 runs; docs/RESULTS.md):
+Rank sweep and SVD baseline: see the README. The sweep (get_sweep, 18 runs; docs/RESULTS.md):
 
   python sweep.py --config configs/fmnist_mlp_maestro.py --folder runs/mlp_maestro --workers 2
   python eval.py report runs/mlp_maestro

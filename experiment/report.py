@@ -179,12 +179,10 @@ def welch(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[flo
   diff = statistics.mean(a) - statistics.mean(b)
   if min(len(a), len(b)) < 2:
     return diff, math.nan, math.nan
-  va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-  if va + vb == 0:
+  if statistics.variance(a) + statistics.variance(b) == 0:  # No spread: no width (scipy's interval is nan).
     return diff, diff, diff
-  dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-  half = stats.t.ppf(0.5 + confidence / 2, dof) * math.sqrt(va + vb)
-  return diff, diff - half, diff + half
+  interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+  return diff, float(interval.low), float(interval.high)
 
 
 def better(key: str) -> int:
