@@ -131,7 +131,8 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
   if epochs := config_lib.in_epochs(config):
     config = config_lib.in_steps(config, len(splits.train))
     print(f"Epochs of {len(splits.train):,} training examples in steps of {config.batch_size}: " + ", ".join(
-        f"{config_lib.IN_EPOCHS[f]}={e:g} -> {f}={config_lib.get_field(config, f)}" for f, e in epochs.items()),
+        f"{config_lib.epoch_fields(config)[f]}={e:g} -> {f}={config_lib.get_field(config, f)}"
+        for f, e in epochs.items()),
         file=sys.stderr)
   methods.build(config, build.model(config, {}))
   return config, splits

@@ -3,7 +3,7 @@
 import ml_collections
 
 from experiment import methods
-from experiment.config import IN_EPOCHS, get_field, parse_arg, parse_like, set_field
+from experiment.config import epoch_fields, parse_arg, parse_like, set_field
 
 TRAIN_EXAMPLES = 55_000  # Fashion-MNIST's default train split, train[:55000].
 
@@ -99,9 +99,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for spec in methods.REGISTRY.values():  # Every method the config has a section of (sweeps switch between them).
     if spec.sections and all(section in c for section in spec.sections):
       spec.smoke(c)
-  for field in IN_EPOCHS.values():  # Every step count above is in steps.
-    if get_field(c, field) is not None:
-      set_field(c, field, 0.0)
+  for field in epoch_fields(c).values():  # Every step count above is in steps.
+    set_field(c, field, 0.0)
   return c
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 import data
 import models
 from experiment import methods, sharding
-from experiment.config import IN_EPOCHS, ConfigError, check as check_fields, in_epochs
+from experiment.config import ConfigError, check as check_fields, epoch_fields, in_epochs
 
 OPTIMIZERS = {"adamw", "sgd"}
 SCHEDULES = {"cosine", "linear", "constant", "warmup_stable_decay", "step"}
@@ -112,7 +112,7 @@ def learning_rate(config: ml_collections.ConfigDict, method_state: dict | None =
   with a linear re-warm after update `start` (Cuttlefish after its switch): x (count − start + 1) / steps until
   that reaches 1, so the first update after it runs at 1/steps of the schedule's value."""
   if epochs := in_epochs(config):
-    raise ConfigError(f"config.{IN_EPOCHS[next(iter(epochs))]} is in epochs: convert the config first, "
+    raise ConfigError(f"config.{epoch_fields(config)[next(iter(epochs))]} is in epochs: convert the config first, "
                       f"experiment.config.in_steps(config, train_examples)")
   o, steps = config.optimizer, config.num_steps
   warmup = min(o.warmup_steps, steps)

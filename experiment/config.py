@@ -58,14 +58,26 @@ NEWER_FIELDS = ("optimizer.decay_fraction", "optimizer.accumulate_steps", "optim
                 "profile_steps", "recalibrate_batches", "optimizer.step_at")
 
 
-# Step counts a config may give in epochs of the train split instead: {steps field: its epochs twin}. At most one
-# of a pair is > 0; the first three need one. A run converts epochs to steps from the train split's real size
-# (`in_steps`) before anything else reads them, and saves the converted config.
-IN_EPOCHS = {"num_steps": "num_epochs", "eval_every": "eval_every_epochs", "checkpoint_every": "checkpoint_every_epochs",
-             "optimizer.warmup_steps": "optimizer.warmup_epochs", "lowrank.shrink_every": "lowrank.shrink_every_epochs",
-             "lowrank.dense_warmup_steps": "lowrank.dense_warmup_epochs",
-             "cuttlefish.track_every": "cuttlefish.track_every_epochs",
-             "cuttlefish.rewarm_steps": "cuttlefish.rewarm_epochs"}
+def epoch_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{steps field: its epochs twin} for every step count `config` may give in epochs of the train split instead,
+  by name, whatever section (a method's) it is in: a field `<name>_epochs` is the twin of `<name>_steps` where
+  the config has one, else of `<name>` (num_epochs: num_steps; eval_every_epochs: eval_every;
+  lowrank.shrink_every_epochs: lowrank.shrink_every). At most one of a pair is > 0. A run converts epochs to steps
+  from the train split's real size (`in_steps`) before anything else reads them, and saves the converted config."""
+  pairs = {}
+
+  def walk(node, prefix: str) -> None:
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, f"{prefix}{key}.")
+      elif key.endswith("_epochs"):
+        base = key.removesuffix("_epochs")
+        twin = f"{base}_steps" if f"{base}_steps" in node else base
+        if twin in node:
+          pairs[prefix + twin] = prefix + key
+
+  walk(config, "")
+  return pairs
 
 
 def get_field(config: ml_collections.ConfigDict, field: str, default=None):
@@ -86,16 +98,18 @@ def set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
 
 def in_epochs(config: ml_collections.ConfigDict) -> dict[str, float]:
   """{steps field: epochs} for each step count `config` gives in epochs."""
-  return {steps: get_field(config, epochs) for steps, epochs in IN_EPOCHS.items() if get_field(config, epochs, 0)}
+  return {steps: get_field(config, epochs) for steps, epochs in epoch_fields(config).items()
+          if get_field(config, epochs, 0)}
 
 
 def in_steps(config: ml_collections.ConfigDict, train_examples: int) -> ml_collections.ConfigDict:
   """`config` with every step count given in epochs converted to optimizer steps (at least one) of
   `config.batch_size` over `train_examples`, and its epochs field set to 0."""
   config = ml_collections.ConfigDict(config.to_dict())
+  twins = epoch_fields(config)
   for steps, epochs in in_epochs(config).items():
     set_field(config, steps, max(1, round(epochs * train_examples / config.batch_size)))
-    set_field(config, IN_EPOCHS[steps], 0.0)
+    set_field(config, twins[steps], 0.0)
   return config
 
 
@@ -114,7 +128,8 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
       value = value[part]
     if field in known:
       _require(value in known[field], field, f"={value!r} is unknown; choose one of {sorted(known[field])}")
-  for steps, epochs in IN_EPOCHS.items():
+  twins = epoch_fields(config)
+  for steps, epochs in twins.items():
     count, value = get_field(config, steps), get_field(config, epochs, 0)
     _require(isinstance(value, (int, float)) and 0 <= value < math.inf, epochs,
              f"={value!r} must be >= 0 and finite (0: {steps} counts in steps)")
@@ -122,7 +137,7 @@ def check(config: ml_collections.ConfigDict, *, known: dict[str, list[str]]) -> 
              f"--config.{epochs}=0 to count in steps")
   for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",
                 "keep_checkpoints"):
-    if not (field in IN_EPOCHS and get_field(config, IN_EPOCHS[field], 0)):
+    if not (field in twins and get_field(config, twins[field], 0)):
       _require(isinstance(config[field], int) and config[field] > 0, field,
                f"={config[field]!r} must be a positive integer; set --config.{field}=<n>")
   _require(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", f"={config.seed!r} must be in [0, 2**31)")
