@@ -112,7 +112,8 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
     return {}
   # A finished run started again draws no plots: they are in plots/ (unless it logged its last row again).
   if start < config.num_steps or relogged or not (workdir / "plots" / "training.png").is_file():
-    for plot in (plots.training_curves, plots.ranks, plots.sparsity):
+    plots.training_curves(workdir, config, methods.objective(config))
+    for plot in methods.plots(config):
       plot(workdir, config)
   final = session.last_row()
   print(summary(config, workdir, final, session.params, time.time() - started))

@@ -3,7 +3,7 @@ what it measures and in which unit; ranks and N:M sparsity, which change in jump
 
 import pathlib
 
-from experiment import methods, metrics
+from experiment import metrics
 
 STEP = "step (optimizer updates)"
 DATASETS = {"fashion_mnist": "Fashion-MNIST", "austen": "Jane Austen (characters)", "cifar10": "CIFAR-10",
@@ -27,11 +27,10 @@ def experiment_name(config: dict) -> str:
   return f"{DATASETS.get(dataset, dataset)} · {MODELS.get(model, model)}"
 
 
-def objective(config: dict) -> str:
+def objective(terms: list[str]) -> str:
   """What `train/loss` sums: the cross-entropy, and the terms the run's method adds (e.g. Maestro's distillation
-  and group-lasso penalty, where they are on)."""
-  terms = ["cross-entropy", *methods.REGISTRY[config["layers"]["type"]].objective(config)]
-  return f"training objective\n({' + '.join(terms)})"
+  and group-lasso penalty, where they are on: `methods.objective`)."""
+  return f"training objective\n({' + '.join(['cross-entropy', *terms])})"
 
 
 def label(key: str) -> str:
@@ -40,15 +39,15 @@ def label(key: str) -> str:
       key, f"test {key.removeprefix('eval/')}")
 
 
-def training_curves(workdir: pathlib.Path, config) -> pathlib.Path:
-  """The training objective, the held-out cross-entropy, and the accuracy on training batches and the validation
-  and test splits, against the step; the metrics of the EMA of the parameters beside the others where the run keeps
-  one."""
+def training_curves(workdir: pathlib.Path, config, terms: list[str]) -> pathlib.Path:
+  """The training objective (the cross-entropy and the method's `terms`), the held-out cross-entropy, and the
+  accuracy on training batches and the validation and test splits, against the step; the metrics of the EMA of the
+  parameters beside the others where the run keeps one."""
   rows = metrics.read(workdir / "metrics.jsonl")
   tests = [test for test in HELD_OUT if any(f"{test[0]}/loss" in r for r in rows)]
   fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.5))
   axes[0].plot(*series(rows, "train/loss"), color=TRAIN_COLOR)
-  axes[0].set(ylabel=objective(config), title="training objective (training batches)")
+  axes[0].set(ylabel=objective(terms), title="training objective (training batches)")
   for prefix, name, color, style in tests:
     axes[1].plot(*series(rows, f"{prefix}/loss"), marker="o", color=color, ls=style, label=name)
   axes[1].set(ylabel="cross-entropy (nats)", title="held-out cross-entropy")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from experiment import plots, report
+from experiment import methods, plots, report
 from experiment.plots import pyplot
 
 MLP = {"dataset": {"name": "fashion_mnist"}, "model": {"name": "mlp"}}
@@ -57,7 +57,7 @@ def test_training_objective_and_test_cross_entropy_are_on_separate_labelled_pane
   for r, (test, ema) in zip(rows[1:], ((1.0, 0.9), (0.8, 0.7))):
     r |= {"eval/loss": test, "eval/accuracy": 0.8, "eval_ema/loss": ema, "eval_ema/accuracy": 0.81,
           "val/loss": test + 0.05, "val/accuracy": 0.79}
-  plots.training_curves(workdir(tmp_path, MAESTRO, rows), MAESTRO)
+  plots.training_curves(workdir(tmp_path, MAESTRO, rows), MAESTRO, methods.objective(MAESTRO))
   (fig,) = figures
   objective, test_loss, accuracy = fig.axes
   assert_labelled(fig)
@@ -74,7 +74,7 @@ def test_training_objective_and_test_cross_entropy_are_on_separate_labelled_pane
   assert list(lines(accuracy)["test"].get_ydata()) == [80, 80]  # In %.
 
   dense = {**MLP, "layers": {"type": "dense"}}
-  plots.training_curves(workdir(tmp_path, dense, [{k: v for k, v in r.items() if "ema" not in k} for r in rows]), dense)
+  plots.training_curves(workdir(tmp_path, dense, [{k: v for k, v in r.items() if "ema" not in k} for r in rows]), dense, [])
   assert figures[1].axes[0].get_ylabel().endswith("(cross-entropy)")
   assert set(lines(figures[1].axes[1])) == {"validation", "test"}  # No EMA kept, none drawn.
 

@@ -70,6 +70,16 @@ def layers(config: ml_collections.ConfigDict, state: dict) -> dict:
   return dict(spec_of(config).layers(config, state))
 
 
+def objective(config: ml_collections.ConfigDict | dict) -> list[str]:
+  """The terms the configured method adds to the cross-entropy (a config or a config.json's dict)."""
+  return REGISTRY[config["layers"]["type"]].objective(config)
+
+
+def plots(config: ml_collections.ConfigDict) -> tuple:
+  """The configured method's plots of a run, beside the training curves (Spec.plots)."""
+  return spec_of(config).plots
+
+
 def decay_exempt(config: ml_collections.ConfigDict, state: dict) -> tuple[str, ...]:
   """The parameter names weight decay skips at method state `state` (Spec.decay_exempt)."""
   return tuple(spec_of(config).decay_exempt(config, state))

@@ -1,6 +1,7 @@
 """What every method is: its hooks (`Method`, plain training) and its declaration (`Spec`)."""
 
 import dataclasses
+import pathlib
 from typing import Callable
 
 import jax
@@ -76,6 +77,7 @@ class Spec:
   it has);
   `make(config, model)`: its hooks for that model; `smoke(config)`: its changes to a `:smoke` config;
   `objective(config)`: the terms it adds to the cross-entropy (a config or a config.json's dict), for plots;
+  `plots`: the plots of a run of it beside the training curves, each `(workdir, config) -> path or None`;
   at method state `state`, `decay_exempt(config, state)`: the parameter names (kernel, down, up, ...) the
   optimizer's weight decay skips, and `rewarm(config, state)`: (start, steps) where the learning rate restarts
   (the first update after `start` at 1/steps of the schedule's value) and re-warms linearly to it over `steps`
@@ -93,6 +95,7 @@ class Spec:
   make: Callable[[ml_collections.ConfigDict, nnx.Module], Method] = lambda config, model: Method()
   smoke: Callable[[ml_collections.ConfigDict], None] = lambda config: None
   objective: Callable[[ml_collections.ConfigDict | dict], list[str]] = lambda config: []
+  plots: tuple[Callable[[pathlib.Path, ml_collections.ConfigDict], pathlib.Path | None], ...] = ()
   layers: Callable[[ml_collections.ConfigDict, dict], ml_collections.ConfigDict | dict] = same_layers
   switch: Callable[[nnx.Module, nnx.Module], None] | None = None
   decay_exempt: Callable[[ml_collections.ConfigDict, dict], tuple[str, ...]] = lambda config, state: ()

@@ -5,6 +5,7 @@ the layers in `config.layers.keep_dense` are neither tracked nor factorized."""
 import ml_collections
 
 from experiment.config import get_field
+from experiment import plots
 from experiment.methods.base import Spec
 from lowrank import cuttlefish, deploy
 
@@ -66,4 +67,4 @@ def rewarm(config, state: dict) -> tuple[int, int] | None:
 
 METHOD = Spec("cuttlefish", cuttlefish.linear, cuttlefish.conv, layer_options=dict(ranks={}),
               sections={"cuttlefish": DEFAULTS}, make=make, smoke=smoke, objective=objective, layers=layers,
-              switch=deploy.copy_svd, decay_exempt=decay_exempt, rewarm=rewarm)
+              switch=deploy.copy_svd, decay_exempt=decay_exempt, rewarm=rewarm, plots=(plots.ranks,))

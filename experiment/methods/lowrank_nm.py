@@ -25,4 +25,5 @@ def make(config: ml_collections.ConfigDict, model) -> Composed:
 
 METHOD = Spec("lowrank+nm", nm_lowrank.linear, nm_lowrank.conv,
               layer_options={**maestro.METHOD.layer_options, **nm.METHOD.layer_options},
-              sections={"lowrank": maestro.DEFAULTS, "nm": nm.DEFAULTS}, make=make, objective=maestro.objective)
+              sections={"lowrank": maestro.DEFAULTS, "nm": nm.DEFAULTS}, make=make, objective=maestro.objective,
+              plots=(*maestro.METHOD.plots, *nm.METHOD.plots))

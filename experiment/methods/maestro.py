@@ -3,6 +3,7 @@
 import ml_collections
 
 import lowrank
+from experiment import plots
 from experiment.methods.base import Method, Spec
 from lowrank import deploy
 
@@ -79,4 +80,4 @@ def objective(config) -> list[str]:
 
 METHOD = Spec("lowrank", lowrank.linear, lowrank.conv, layer_options=dict(rank_ratio=1.0, ranks={}, init="spectral"),
               sections={"lowrank": DEFAULTS}, make=make, smoke=smoke, objective=objective, layers=layers,
-              switch=deploy.copy_svd)
+              switch=deploy.copy_svd, plots=(plots.ranks,))

@@ -7,6 +7,7 @@ import ml_collections
 import data
 import sparsity
 from experiment.config import ConfigError
+from experiment import plots
 from experiment.methods.base import Spec
 
 # config.nm: each key, its default and meaning.
@@ -37,4 +38,4 @@ def make(config: ml_collections.ConfigDict, model) -> sparsity.NMTraining:
 # config.layers: n, m (the N:M of every N:M layer), patterns ({"fnmatch pattern": "n:m"}: per-layer-group N:M, the
 # first match wins).
 METHOD = Spec("nm", sparsity.linear, sparsity.conv, layer_options=dict(n=2, m=4, patterns={}),
-              sections={"nm": DEFAULTS}, make=make)
+              sections={"nm": DEFAULTS}, make=make, plots=(plots.sparsity,))
