@@ -95,7 +95,7 @@ class Checkpoints:
       if primary:
         self.manifests.mkdir(exist_ok=True)
         files.write_atomic(self.manifests / f"{step}.json",
-                     json.dumps(_file_digests(self._folder(step)), indent=0, sort_keys=True))
+                           json.dumps(_file_digests(self._folder(step)), indent=0, sort_keys=True))
     except Exception as e:  # noqa: BLE001 - raised by `close`, in the loop's thread.
       self._failure = self._failed(step, e)
 

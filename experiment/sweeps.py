@@ -31,7 +31,6 @@ import threading
 from experiment import metrics
 from experiment.config import ConfigError, parse_like
 from experiment import files
-from experiment.files import write_atomic
 from experiment.workdir import CONFIG_SCHEMA
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -144,7 +143,7 @@ def record(runs: list[Run], folder: pathlib.Path, command: list[str], config: st
   payload = {"command": shlex.join(command), "code": code_version(), "machine": machine(), "config": config,
              "runs": [{"name": r.name, "group": r.group, "seed": r.seed, "overrides": r.overrides,
                        "workdir": r.workdir.name, "command": shlex.join(r.command)} for r in runs]}
-  write_atomic(folder / "sweep.json", json.dumps(payload, indent=2) + "\n")
+  files.write_atomic(folder / "sweep.json", json.dumps(payload, indent=2) + "\n")
 
 
 def write_slurm(runs: list[Run], folder: pathlib.Path, sbatch_options: list[str]) -> pathlib.Path:
@@ -157,7 +156,7 @@ def write_slurm(runs: list[Run], folder: pathlib.Path, sbatch_options: list[str]
              f"--output={folder.resolve()}/slurm-%A_%a.out", *sbatch_options]
   tasks = [f"  {i}) exec {shlex.join(r.command)} >> {shlex.quote(str(r.workdir))}.log 2>&1 ;;"
            for i, r in enumerate(runs)]
-  write_atomic(path, "\n".join([
+  files.write_atomic(path, "\n".join([
       "#!/bin/bash", *(f"#SBATCH {o}" for o in options),
       f"# One task per run not finished when written (sweep.json lists them all). Submit: sbatch {path}",
       "set -euo pipefail",

@@ -80,7 +80,7 @@ def record_launch(workdir: pathlib.Path, step: int, command: list[str], code: st
   launch = {"time": datetime.datetime.now().isoformat(timespec="seconds"), "step": step,
             "command": " ".join(command), "code": code, "machine": machine}
   path = workdir / "launches.jsonl"
-  cut = path.is_file() and path.stat().st_size and path.read_bytes()[-1:] != b"\n"  # A line a kill cut short.
+  cut = path.is_file() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"  # A line a kill cut short.
   with path.open("a") as f:
     f.write("\n" * cut + json.dumps(launch) + "\n")
 
