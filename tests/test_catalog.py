@@ -25,7 +25,8 @@ def mock_train(name: str, workdir, examples: int = 40):
       "--workdir", str(workdir), overrides={**RUN, "dataset.name": name})
 
 
-@pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
+@pytest.mark.parametrize("name", ["cifar10", pytest.param("imagenet2012", marks=pytest.mark.slow)])  # ImageNet's
+# training on mock data by name is also test_paper_configs' ViT-B/16 smoke; resuming with augmentation, cifar10's.
 def test_a_tfds_dataset_by_name_trains_with_validation_and_test_metrics_and_resumes_exactly(name, tmp_path):
   straight = tmp_path / "straight"
   mock_train(name, straight)

@@ -55,10 +55,11 @@ SHRINK = {"lowrank.shrink_every": 5, "lowrank.shrink_eps": 0.5}  # Shrinks at st
 SMALL = {"model.hidden": (64, 64)}  # The MLP at 784-64-64-10: the same code paths, a fraction of the time.
 
 
-@pytest.mark.parametrize("config,extra", [  # The CNN and Pufferfish cases add no code path: slow.
+@pytest.mark.parametrize("config,extra", [  # The CNN and Pufferfish cases add no code path: slow. Maestro alone
+    # across its shrinks is also test_fault_tolerance's kill test (slow here); with N:M (the last case) it runs here.
     (SMOKE, {}), pytest.param("configs/fmnist_cnn_dense.py:smoke", {}, marks=pytest.mark.slow),
-    (MAESTRO_SMOKE, {**SMALL, **SHRINK}), pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {},
-                                                        marks=pytest.mark.slow),
+    pytest.param(MAESTRO_SMOKE, {**SMALL, **SHRINK}, marks=pytest.mark.slow),
+    pytest.param("configs/fmnist_mlp_pufferfish.py:smoke", {}, marks=pytest.mark.slow),
     (SMOKE, {"optimizer.accumulate_steps": 2, "optimizer.ema_decay": 0.9}),
     pytest.param("configs/fmnist_mlp_cuttlefish.py:smoke", {**SMALL}, marks=pytest.mark.slow),  # Switches at step 8,
     ("configs/fmnist_mlp_cuttlefish.py:smoke", {**SMALL, "cuttlefish.window": 5}),  # before the kill; or settles at
