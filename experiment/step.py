@@ -14,7 +14,7 @@ from experiment import methods
 from experiment import sharding
 
 
-def _gradients(method: methods.Method, seed: int, model: nnx.Module, batch: dict, step: jax.Array):
+def _gradients(method: methods.Hooks, seed: int, model: nnx.Module, batch: dict, step: jax.Array):
   """(loss, logits, the method's extra metrics), gradients w.r.t. the parameters."""
   key = jax.random.fold_in(jax.random.key(seed), step)
 
@@ -32,7 +32,7 @@ def _gradients(method: methods.Method, seed: int, model: nnx.Module, batch: dict
   return (loss, logits, extra), grads
 
 
-def _accumulated_gradients(method: methods.Method, seed: int, model: nnx.Module, batch: dict, step: jax.Array,
+def _accumulated_gradients(method: methods.Hooks, seed: int, model: nnx.Module, batch: dict, step: jax.Array,
                            micro: int, mesh: Mesh):
   """`_gradients` over `micro` sequential micro-batches of `batch` (one `lax.scan`): the mean loss, accuracy, extra
   metrics and gradients, as one pass over the whole batch would give them up to float rounding. Micro-batch j
@@ -82,7 +82,7 @@ def flops(jitted, *args) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def make_train_step(method: methods.Method, seed: int, mesh: Mesh, layout: str = "data",
+def make_train_step(method: methods.Hooks, seed: int, mesh: Mesh, layout: str = "data",
                     skip_nonfinite: bool = False, accumulate_steps: int = 1,
                     learning_rate: optax.Schedule | None = None):
   """One jitted step: graph definitions (static), (model state, optimizer state), batch, step -> new states, metrics.
@@ -125,7 +125,7 @@ def make_train_step(method: methods.Method, seed: int, mesh: Mesh, layout: str =
   return jax.jit(train_step, static_argnums=(0, 1), donate_argnums=2)
 
 
-def make_observe_step(method: methods.Method, seed: int, mesh: Mesh, layout: str = "data"):
+def make_observe_step(method: methods.Hooks, seed: int, mesh: Mesh, layout: str = "data"):
   """Jitted, run at log steps just before the train step on the same inputs: the
   gradients that update will use, handed to `method.observe` to record on the model.
   Returns the new model state (the optimizer state is untouched)."""

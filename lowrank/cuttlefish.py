@@ -139,6 +139,9 @@ class Cuttlefish:
   def observe(self, model, step, grads) -> None:
     pass
 
+  def after_update(self, model, step, learning_rate) -> None:
+    pass
+
   def host_update_due(self, step: int) -> bool:
     return bool(self.full) and self.ranks is None and step % self.track_every == 0
 

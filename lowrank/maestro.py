@@ -165,6 +165,9 @@ class Maestro:
   def observe(self, model, step, grads) -> None:
     pass
 
+  def after_update(self, model, step, learning_rate) -> None:
+    pass
+
   def host_update_due(self, step: int) -> bool:
     """Whether `host_update` runs after update `step` (1-based; checked every step, cheap)."""
     if self.finetune_from and step >= self.finetune_from:

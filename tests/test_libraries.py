@@ -1,11 +1,16 @@
 """`lowrank` and `sparsity` are libraries: they import nothing of the trainer, and a loop of one's own trains with
-them (examples/custom_loop.py). The project's packages import only downwards (DESIGN.md), so none is in a circle."""
+them (examples/custom_loop.py); the hooks they make satisfy the trainer's typed contract (`methods.Hooks`). The
+project's packages import only downwards (`LAYERS`), so none is in a circle."""
 
 import ast
+import importlib
 import pathlib
 import subprocess
 import sys
 
+import pytest
+
+from experiment import build, methods
 from tests.conftest import ROOT, SUBPROCESS_TIMEOUT
 
 # Each package may import the packages below it, never one beside or above it.
@@ -53,3 +58,30 @@ def test_a_custom_loop_trains_maestro_with_shrinking_and_nm_with_mdgf():
   assert result["maestro"] > 0.6 and result["nm"] > 0.4  # Ten classes: chance is 0.1.
   assert result["ranks"]["fc1"] < 64  # Shrunk: components really removed.
   assert result["kept"] == {"fc1": 1 / 8, "fc2": 1 / 8}  # Hard 1:8 masks at the end.
+
+
+@pytest.mark.parametrize("config", ["fmnist_mlp_dense", "fmnist_mlp_maestro", "fmnist_mlp_nm", "fmnist_mlp_cuttlefish",
+                                    "fmnist_mlp_lowrank_nm"])
+def test_every_methods_hooks_satisfy_the_typed_contract(config):
+  """The hooks each registered method makes satisfy `methods.Hooks` (the libraries' classes structurally, without
+  importing it); the N:M rule, which runs inside Maestro's passes, `InnerHooks` too."""
+  loaded = importlib.import_module(f"configs.{config}").get_config("smoke")
+  hooks = methods.build(loaded, build.model(loaded, {}))
+  assert isinstance(hooks, methods.Hooks), type(hooks)
+  parts = hooks.parts if isinstance(hooks, methods.Composed) else {"": hooks}
+  assert all(isinstance(part, methods.Hooks) for part in parts.values())
+  if loaded.layers.type == "nm":  # Inside Maestro's passes in low rank + N:M.
+    assert isinstance(hooks, methods.InnerHooks)
+  assert set(methods.REGISTRY) == {"dense", "lowrank", "nm", "cuttlefish", "lowrank+nm"}  # Each one above.
+
+
+def test_a_part_that_cannot_run_inside_another_is_refused():
+  assert isinstance(methods.Method(), methods.InnerHooks)  # Plain training runs anywhere.
+  with pytest.raises(TypeError, match=r"\['inner'\] cannot run inside another method's passes"):
+    methods.Composed({"outer": methods.Method(), "inner": _OuterOnly()})
+
+
+class _OuterOnly:
+  """The hooks of a method that only runs on its own (lowrank.Maestro's kind): no forward_pass or penalty."""
+  observes = updates_after = False
+  loss = observe = after_update = host_update_due = host_update = state = restore = metrics = None

@@ -5,8 +5,8 @@ moves between (Maestro's dense warm-up, Cuttlefish's switch).
 Adding a method: one module with a `METHOD = Spec(...)`, and its line in REGISTRY. Nothing above this package
 names a method.
 
-A method's hooks are an object with those of `Method` (plain training), e.g. `lowrank.Maestro` and
-`sparsity.NMTraining`; train.py calls them and nothing else. `step` is 1-based: the update being made (in `loss`,
+A method's hooks are an object that satisfies `Hooks` (a typing.Protocol; `Method` is plain training), e.g.
+`lowrank.Maestro` and `sparsity.NMTraining`; train.py calls them and nothing else. `step` is 1-based: the update being made (in `loss`,
 `observe`) or the number of updates done (in the host-side hooks).
 """
 
@@ -15,7 +15,7 @@ from flax import nnx
 
 from experiment.config import ConfigError
 from experiment.methods import cuttlefish, lowrank_nm, maestro, nm
-from experiment.methods.base import Composed, Forward, Method, Spec  # noqa: F401 - the package's API.
+from experiment.methods.base import Composed, Forward, Hooks, InnerHooks, Method, Spec  # noqa: F401 - the package's API.
 from models.layers import LayerFactory
 
 REGISTRY = {spec.name: spec for spec in (Spec("dense"), maestro.METHOD, nm.METHOD, cuttlefish.METHOD,
@@ -54,7 +54,7 @@ def layer_factory(layers: ml_collections.ConfigDict | dict, dtype) -> LayerFacto
   return LayerFactory(spec.linear, spec.conv, keep_dense=tuple(layers.get("keep_dense", ())), dtype=dtype, **options)
 
 
-def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Method:
+def build(config: ml_collections.ConfigDict, model: nnx.Module) -> Hooks:
   """The hooks of the configured method for `model`, made from its config section."""
   spec = spec_of(config)
   try:

@@ -1,8 +1,9 @@
-"""What every method is: its hooks (`Method`, plain training) and its declaration (`Spec`)."""
+"""What every method is: its hooks (the `Hooks` protocol; `Method`, plain training, implements it with defaults)
+and its declaration (`Spec`)."""
 
 import dataclasses
 import pathlib
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import jax
 import ml_collections
@@ -14,8 +15,38 @@ from models.layers import dense_conv, dense_linear
 Forward = Callable[[nnx.Module, jax.Array | None], tuple[jax.Array, jax.Array]]
 
 
+@runtime_checkable
+class Hooks(Protocol):
+  """The contract between a method and the trainer: what train.py and the jitted steps call (each documented on
+  `Method`, which implements them for plain training). The libraries' classes (lowrank.Maestro, sparsity.NMTraining,
+  lowrank.Cuttlefish) satisfy it structurally: they import nothing of this package."""
+
+  observes: bool
+  updates_after: bool
+
+  def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array,
+           forward: Forward) -> tuple[jax.Array, jax.Array, dict]: ...
+  def observe(self, model: nnx.Module, step: jax.Array, grads: nnx.State) -> None: ...
+  def after_update(self, model: nnx.Module, step: jax.Array, learning_rate: jax.Array) -> None: ...
+  def host_update_due(self, step: int) -> bool: ...
+  def host_update(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> bool: ...
+  def state(self, step: int, model: nnx.Module) -> dict: ...
+  def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, state: dict) -> None: ...
+  def metrics(self, step: int, model: nnx.Module) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class InnerHooks(Hooks, Protocol):
+  """A method that runs inside another's forward passes (the N:M rule inside Maestro's, `Composed`): its rule for
+  one pass, and its penalty once per step."""
+
+  def forward_pass(self, model: nnx.Module, step: jax.Array, key: jax.Array,
+                   forward: Callable[[nnx.Module], tuple[jax.Array, jax.Array]]) -> tuple[jax.Array, jax.Array]: ...
+  def penalty(self, model: nnx.Module, step: jax.Array) -> jax.Array: ...
+
+
 class Method:
-  """Plain training; the hooks every method has."""
+  """Plain training; the hooks every method has (`Hooks`), with their defaults."""
 
   def loss(self, model: nnx.Module, step: jax.Array, key: jax.Array,
            forward: Forward) -> tuple[jax.Array, jax.Array, dict]:
@@ -92,7 +123,7 @@ class Spec:
   conv: Callable[..., nnx.Module] = dense_conv
   layer_options: dict = dataclasses.field(default_factory=dict)
   sections: dict[str, dict] = dataclasses.field(default_factory=dict)
-  make: Callable[[ml_collections.ConfigDict, nnx.Module], Method] = lambda config, model: Method()
+  make: Callable[[ml_collections.ConfigDict, nnx.Module], Hooks] = lambda config, model: Method()
   smoke: Callable[[ml_collections.ConfigDict], None] = lambda config: None
   objective: Callable[[ml_collections.ConfigDict | dict], list[str]] = lambda config: []
   plots: tuple[Callable[[pathlib.Path, ml_collections.ConfigDict], pathlib.Path | None], ...] = ()
@@ -109,7 +140,9 @@ class Composed(Method):
   `loss` is not called: an inner part's rule must be in those two hooks); host updates run in order, states and
   metrics side by side."""
 
-  def __init__(self, parts: dict[str, Method]):
+  def __init__(self, parts: dict[str, Hooks]):
+    if bad := [name for name, part in list(parts.items())[1:] if not isinstance(part, InnerHooks)]:
+      raise TypeError(f"the hooks of {bad} cannot run inside another method's passes: no forward_pass or penalty")
     self.parts = parts
     self.observes = any(part.observes for part in parts.values())
     self.updates_after = any(part.updates_after for part in parts.values())
