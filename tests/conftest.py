@@ -82,9 +82,8 @@ def pytest_configure(config) -> None:
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-  """`-n auto`: one more worker than the cores this process may run on (psutil would count physical cores, not the
-  affinity mask): many tests wait on a train.py they started, and the extra worker fills those waits."""
-  return len(os.sched_getaffinity(0)) + 1
+  """`-n auto`: the cores this process may run on (psutil would count physical cores, not the affinity mask)."""
+  return len(os.sched_getaffinity(0))
 
 
 def host_devices(count: int) -> dict[str, str]:
