@@ -433,9 +433,9 @@ def plot_params(results: list[Result], folder: pathlib.Path, baselines: dict[str
 
 def plot_flops(results: list[Result], folder: pathlib.Path, key: str = "eval/accuracy") -> pathlib.Path | None:
   """Test `key` against each run's training FLOPs (`Result.train_flops`), one line per group over its run names: where
-  curves overlap in FLOPs, the comparison at equal training cost."""
+  curves overlap in FLOPs, the comparison at equal training cost (none for one run name: nothing to compare)."""
   groups = _groups([r for r in results if math.isfinite(r.train_flops)], lambda r: True)
-  if not groups:
+  if sum(len(names) for names in groups.values()) < 2:
     return None
   scale = 100 if key == "eval/accuracy" else 1
   fig, ax = pyplot().subplots(figsize=(7, 4.5))
