@@ -139,20 +139,19 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
   return config, splits
 
 
-def run_config(workdir: pathlib.Path, allow_config_change: bool) -> tuple[dict | None, str | None]:
-  """The config the run in `workdir` was started with (None: no run there), and a warning where config.json was
-  damaged (it was read from a checkpoint's copy, or, with `allow_config_change`, is replaced by this one)."""
+def run_config(workdir: pathlib.Path, allow_config_change: bool) -> tuple[dict | None, bool]:
+  """The config the run in `workdir` was started with (None: no run there), and whether config.json is to be
+  written again: it was damaged (and read from a checkpoint's copy, or, with `allow_config_change`, is replaced by
+  this one)."""
   if workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f"--workdir {workdir} is a file; pass a folder (a new one, or a run's to resume it)")
   try:
-    saved, restored = checkpoint_lib.saved_config(workdir)
+    return checkpoint_lib.saved_config(workdir)
   except files.DamagedFile as e:
     if not allow_config_change:
       raise
-    saved, restored = None, f"{e.path} is {e.problem}; this run continues with the config passed"
-  if restored:
-    print(f"warning: {restored}", file=sys.stderr)
-  return saved, restored
+    print(f"warning: {e.path} is {e.problem}; this run continues with the config passed", file=sys.stderr)
+    return None, True
 
 
 class Trainer:

@@ -210,33 +210,32 @@ class Checkpoints:
                         f"checkpoint of another version of the code?): {str(e).strip().splitlines()[0]}") from e
 
 
-def saved_config(workdir: pathlib.Path) -> tuple[dict | None, str | None]:
-  """The config the run in `workdir` runs with: its config.json or, where that is missing or damaged, the copy kept
-  with its newest whole checkpoint, with a warning that says so (else None). (None, None): no run there. Raises
-  DamagedFile where config.json is damaged and no whole checkpoint keeps a copy."""
+def saved_config(workdir: pathlib.Path) -> tuple[dict | None, bool]:
+  """The config the run in `workdir` runs with, and whether it was read from a copy: its config.json or, where that
+  is missing or damaged, the copy kept with its newest whole checkpoint (one warning line says so). (None, False):
+  no run there. Raises DamagedFile where config.json is damaged and no whole checkpoint keeps a copy."""
   path = workdir / "config.json"
   fix = "restore it, or continue the run with the config you pass: train.py --allow_config_change (it rewrites it)"
   try:
-    return files.read_json(path, CONFIG_SCHEMA, fix), None
+    return files.read_json(path, CONFIG_SCHEMA, fix), False
   except files.DamagedFile as e:
     damaged = e
   checkpoints = Checkpoints(workdir) if (workdir / "checkpoints").is_dir() else None
   step = checkpoints and checkpoints.resume_step(set_aside=False)[0]
   copy = checkpoints.config_copy(step) if step else None
   if copy is not None and not files.mismatch(copy, CONFIG_SCHEMA):
-    return copy, f"{damaged.path} is {damaged.problem}; read the copy of the config kept with checkpoint {step} instead"
+    files.warn(path, f"{path} is {damaged.problem}; read the copy of the config kept with checkpoint {step} instead")
+    return copy, True
   if not path.exists():
-    return None, None
+    return None, False
   raise damaged
 
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """`saved_config`, for a reader (eval.py, reports): its warning printed; ConfigError where `workdir` holds no run."""
-  config, restored = saved_config(workdir)
+  """`saved_config`, for a reader (eval.py, reports); ConfigError where `workdir` holds no run."""
+  config, _ = saved_config(workdir)
   if config is None:
     raise ConfigError(f"{workdir / 'config.json'} does not exist; is {workdir} the folder of a train.py run?")
-  if restored:
-    print(f"warning: {restored}", file=sys.stderr)
   return ml_collections.ConfigDict(config)
 
 

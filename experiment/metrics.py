@@ -10,7 +10,7 @@ import uuid
 
 import tqdm
 
-from experiment.files import read_rows, write_atomic
+from experiment.files import read_rows, warn, write_atomic
 
 
 WANDB_ID = "[0-9a-f]{12}"  # The wandb run id `_wandb_id` keeps.
@@ -69,7 +69,7 @@ def _wandb_id(workdir: pathlib.Path) -> str:
   if path.is_file() and re.fullmatch(WANDB_ID, kept := path.read_bytes().decode(errors="replace").strip()):
     return kept
   if path.exists():
-    print(f"warning: {path} is damaged (not a wandb run id); this run logs to a new wandb run", file=sys.stderr)
+    warn(path, f"{path} is damaged (not a wandb run id); this run logs to a new wandb run")
   write_atomic(path, uuid.uuid4().hex[:12])
   return path.read_text()
 

@@ -84,12 +84,10 @@ def collect(folder: pathlib.Path) -> tuple[dict, list[Result], list[str]]:
   for r in sweep["runs"]:
     workdir = folder / r["workdir"]
     try:
-      config, restored = checkpoint.saved_config(workdir)
+      config, _ = checkpoint.saved_config(workdir)
     except files.DamagedFile as e:
       files.warn(e.path, f"{e}; its run is left out of this report")
-      config, restored = None, None
-    if restored:
-      files.warn(workdir / "config.json", restored)
+      config = None
     rows = metrics.read(workdir / "metrics.jsonl") if config else []
     if config is None or not sweeps.completed(rows, config["num_steps"]):
       last = workdir / "checkpoint_manifests" / f"{config and config['num_steps']}.json"
